@@ -1,0 +1,31 @@
+"""One Settings object for the whole project, read from SOCE_* environment variables."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "soce"
+
+
+class Settings(BaseSettings):
+    """Embedded defaults need nothing set; every field can come from SOCE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SOCE_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="where embedded databases and caches live")
+    hash_cache: bool = Field(True, description="remember checkpoint file digests by path, size and mtime")
+    merge_threads: int = Field(0, ge=0, description="threads for the streaming merge; 0 means one per core")
+    merge_chunk_elements: int = Field(4 * 1024 * 1024, ge=1024, description="elements per streamed chunk")
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,43 @@
+"""Our exception types. Every message names the thing that is wrong (file, tensor, field)."""
+
+from __future__ import annotations
+
+
+class SoceError(Exception):
+    """Base of every error SoCE raises on purpose; the CLI prints it and exits with code 2."""
+
+
+class CheckpointError(SoceError):
+    """A checkpoint folder or file cannot be used."""
+
+
+class CheckpointNotFoundError(CheckpointError):
+    """The path does not exist or holds no weights."""
+
+
+class CorruptCheckpointError(CheckpointError):
+    """A weights file is truncated, has a malformed header or impossible offsets."""
+
+
+class PickleRefusedError(CheckpointError):
+    """Only pickle weights exist and the caller did not opt in to loading them."""
+
+
+class NonFiniteTensorError(CheckpointError):
+    """A tensor holds NaN or Inf values."""
+
+
+class IncompatibleCheckpointsError(SoceError):
+    """Candidates cannot be merged: names, shapes, dtypes, architecture or tokenizer differ."""
+
+
+class RecipeError(SoceError):
+    """A merge recipe (ours or mergekit's) is invalid; the message names the field."""
+
+
+class UnknownMergeMethodError(RecipeError):
+    """No merge method is registered under that name."""
+
+
+class OutputExistsError(SoceError):
+    """The output folder exists and overwriting was not asked for."""
