@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,14 @@ TOKENIZER_FILES = (
     "merges.txt",
     "chat_template.jinja",
 )
+
+
+def _first_line(error: Exception) -> str:
+    """The telling line of a long library message, without terminal escapes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    telling = [ln for ln in lines if "Unpickler error" in ln or "Unsupported global" in ln]
+    return (telling or lines or [type(error).__name__])[0]
 
 
 def _read_json(path: Path) -> Any:
@@ -134,8 +143,10 @@ class Checkpoint:
                 state = torch.load(part, map_location="cpu", weights_only=True, mmap=True)
             except Exception as e:  # torch raises many types for bad pickles
                 raise CorruptCheckpointError(
-                    f"{part}: cannot be loaded with torch.load(weights_only=True): {e}"
+                    f"{part}: cannot be loaded with torch.load(weights_only=True): {_first_line(e)}"
                 ) from None
+            if not isinstance(state, dict):
+                raise CorruptCheckpointError(f"{part}: is not a state dict (holds a {type(state).__name__})")
             for name, t in state.items():
                 if not isinstance(t, torch.Tensor):
                     raise CorruptCheckpointError(f"{part}: entry {name!r} is not a tensor")

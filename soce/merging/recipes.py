@@ -33,7 +33,10 @@ def load_recipe(path: str | Path) -> MergeRecipe:
     except (OSError, UnicodeDecodeError) as e:
         raise RecipeError(f"{path}: cannot be read ({e})") from None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{path}: not valid YAML ({e})") from None
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
     recipe = from_mergekit(data, where=f"{path}: ") if "merge_method" in data else parse_recipe(data, where=f"{path}: ")
