@@ -46,7 +46,9 @@ def friendly(fn: F) -> F:
 
 
 @app.callback()
-def main(verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")] = 0) -> None:
+def main(
+    verbose: Annotated[int, typer.Option("--verbose", "-v", count=True, help="more logging")] = 0,
+) -> None:
     logging.basicConfig(
         level=logging.WARNING - 10 * min(verbose, 2), format="%(levelname)s %(name)s: %(message)s"
     )
@@ -72,13 +74,20 @@ def _progress_bar(desc: str, quiet: bool):
 @app.command()
 @friendly
 def merge(
-    config: Annotated[Path, typer.Argument(help="our recipe YAML, or a mergekit config (linear, task_arithmetic, "
-                                           "ties, dare_linear, dare_ties)")],
+    config: Annotated[
+        Path,
+        typer.Argument(
+            help="our recipe YAML, or a mergekit config (linear, task_arithmetic, "
+            "ties, dare_linear, dare_ties)"
+        ),
+    ],
     out: Annotated[Path, typer.Argument(help="output model folder")],
     force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
     dtype: Annotated[str | None, typer.Option(help="output dtype: float32, bfloat16 or float16")] = None,
     shard_size: Annotated[str | None, typer.Option(help="largest output shard, e.g. 5GB or 500MB")] = None,
-    allow_pickle: Annotated[bool, typer.Option(help="allow pytorch_model.bin (loaded with weights_only=True)")] = False,
+    allow_pickle: Annotated[
+        bool, typer.Option(help="allow pytorch_model.bin (loaded with weights_only=True)")
+    ] = False,
     check_finite: Annotated[bool, typer.Option(help="fail if the soup has NaN or Inf values")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
@@ -120,7 +129,7 @@ def inspect(
     allow_pickle: Annotated[bool, typer.Option(help="allow pytorch_model.bin (weights_only=True)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
-    """Architecture, parameters, dtype, size and content hash of each checkpoint, and whether they can be merged."""
+    """Architecture, size, dtype and content hash of each checkpoint, and whether they can be merged."""
     from soce.checkpoints import CODE_TO_NAME, Checkpoint, check_compatibility, checkpoint_hash, scan_finite
 
     ckpts = [Checkpoint.open(p, allow_pickle=allow_pickle) for p in paths]
@@ -145,7 +154,10 @@ def inspect(
             row["non_finite_tensors"] = scan_finite(c)
         rows.append(row)
     report = check_compatibility(ckpts)
-    verdict = {"compatible": report.ok, "problems": [{"kind": p.kind, "message": p.message} for p in report.problems]}
+    verdict = {
+        "compatible": report.ok,
+        "problems": [{"kind": p.kind, "message": p.message} for p in report.problems],
+    }
     if as_json:
         typer.echo(json.dumps({"checkpoints": rows, "compatibility": verdict}, indent=2))
     else:
@@ -183,7 +195,9 @@ def methods() -> None:
 @app.command()
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the example checkpoints and soups")] = Path("soce-demo"),
+    out: Annotated[Path, typer.Option(help="folder for the example checkpoints and soups")] = Path(
+        "soce-demo"
+    ),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
     """Build small related example checkpoints, merge them with every method, and load the soups."""

@@ -20,7 +20,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SOCE_", extra="ignore")
 
-    data_dir: Path = Field(default_factory=_default_data_dir, description="where embedded databases and caches live")
+    data_dir: Path = Field(
+        default_factory=_default_data_dir, description="where embedded databases and caches live"
+    )
     hash_cache: bool = Field(True, description="remember checkpoint file digests by path, size and mtime")
     merge_threads: int = Field(0, ge=0, description="threads for the streaming merge; 0 means one per core")
     merge_chunk_elements: int = Field(4 * 1024 * 1024, ge=1024, description="elements per streamed chunk")

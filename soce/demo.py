@@ -29,7 +29,9 @@ def _recipes(cands: list[str], base: str) -> dict[str, MergeRecipe]:
         ),
         "task_arithmetic": MergeRecipe(method="task_arithmetic", candidates=linear, base=base),
         "ties": MergeRecipe(method="ties", candidates=linear, base=base, parameters={"density": 0.5}),
-        "dare": MergeRecipe(method="dare", candidates=linear, base=base, parameters={"density": 0.5, "seed": 1}),
+        "dare": MergeRecipe(
+            method="dare", candidates=linear, base=base, parameters={"density": 0.5, "seed": 1}
+        ),
     }
 
 

@@ -31,8 +31,9 @@ def make_checkpoints(tmp_path: Path) -> MakeCheckpoints:
     """Factory: make_checkpoints(n=3, dtype='float32', tied=False, shard_size=None, with_base=False, ...)."""
     counter = iter(range(1000))
 
-    def make(n: int = 3, *, hidden: int = 32, layers: int = 2, intermediate: int = 64, tied: bool = False,
-             **kwargs) -> list[Path]:
+    def make(
+        n: int = 3, *, hidden: int = 32, layers: int = 2, intermediate: int = 64, tied: bool = False, **kwargs
+    ) -> list[Path]:
         root = tmp_path / f"ckpts-{next(counter)}"
         shape = LlamaShape(hidden=hidden, layers=layers, intermediate=intermediate, tied=tied)
         return make_related_checkpoints(root, n, shape=shape, **kwargs)

@@ -112,7 +112,9 @@ class Checkpoint:
         for shard in sorted(set(weight_map.values())):
             shard_path = folder / shard
             if not shard_path.is_file():
-                raise CheckpointNotFoundError(f"{index}: names shard {shard!r}, which is missing from {folder}")
+                raise CheckpointNotFoundError(
+                    f"{index}: names shard {shard!r}, which is missing from {folder}"
+                )
             files[shard] = SafetensorsFile(shard_path)
         tensors: dict[str, TensorInfo] = {}
         # keep the order of the shards' own headers, which is the order tensors lie on disk

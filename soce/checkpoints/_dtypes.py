@@ -56,9 +56,8 @@ def widen(raw: np.ndarray, code: str, out: np.ndarray) -> np.ndarray:
         if raw is not out:
             np.copyto(out, raw)
     elif code == "BF16":
-        bits = out.view(np.uint32)
-        np.copyto(bits, raw, casting="unsafe")
-        np.left_shift(bits, 16, out=bits)
+        # one pass: widen the uint16 bits and move them to the top half
+        np.left_shift(raw, 16, out=out.view(np.uint32), dtype=np.uint32, casting="unsafe")
     else:
         np.copyto(out, raw, casting="unsafe")
     return out
@@ -79,13 +78,13 @@ def narrow(acc: np.ndarray, code: str, out: np.ndarray) -> np.ndarray:
     # torch's round_to_nearest_even: bits + 0x7FFF + lsb-of-result, then keep the top half;
     # NaN becomes the canonical quiet NaN 0x7FC0.
     nan = np.isnan(acc)
+    has_nan = bool(nan.any())
     bits = acc.view(np.uint32)
     lsb = np.right_shift(bits, 16)
     np.bitwise_and(lsb, 1, out=lsb)
-    lsb += 0x7FFF
-    bits += lsb
-    np.right_shift(bits, 16, out=bits)
-    np.copyto(out, bits, casting="unsafe")
-    if nan.any():
+    np.add(lsb, 0x7FFF, out=lsb)
+    np.add(bits, lsb, out=bits)
+    np.right_shift(bits, 16, out=out, dtype=np.uint32, casting="unsafe")
+    if has_nan:
         out[nan] = 0x7FC0
     return out

@@ -135,7 +135,10 @@ class DigestCache:
             if db is None:
                 return
             try:
-                db.execute("INSERT OR REPLACE INTO file_digests VALUES (?,?,?,?,?)", (*self._key(file), json.dumps(digests)))
+                db.execute(
+                    "INSERT OR REPLACE INTO file_digests VALUES (?,?,?,?,?)",
+                    (*self._key(file), json.dumps(digests)),
+                )
                 db.commit()
             except sqlite3.Error as e:
                 log.warning("could not record digests of %s (%s)", file, e)

@@ -114,7 +114,7 @@ def read_range(fd: int, info: TensorInfo, start: int, out: np.ndarray) -> np.nda
         n = os.preadv(fd, [view[done:]], pos + done)
         if n == 0:
             raise CorruptCheckpointError(
-                f"{info.file}: tensor {info.name!r} ends early at byte {pos + done} (file changed while reading?)"
+                f"{info.file}: tensor {info.name!r} ends early at byte {pos + done} (changed while read?)"
             )
         done += n
     return out

@@ -37,16 +37,37 @@ def model_card(
         f"A model soup of {len(ingredients)} checkpoint(s), merged with SoCE using the `{method}` method "
         f"({summary}), written as {dtype}."
     )
-    lines += ["", "## Ingredients", "", "| # | checkpoint | content hash (sha256) | weight |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Ingredients",
+        "",
+        "| # | checkpoint | content hash (sha256) | weight |",
+        "|---|---|---|---|",
+    ]
     for i, ing in enumerate(ingredients, start=1):
         w = "per group" if ing.weight is None else f"{ing.weight:.6g}"
         lines.append(f"| {i} | `{ing.path}` | `{ing.content_hash}` | {w} |")
     if base is not None:
-        lines += ["", f"Base model (task vectors are taken against it): `{base.path}` (`{base.content_hash}`)."]
+        lines += [
+            "",
+            f"Base model (task vectors are taken against it): `{base.path}` (`{base.content_hash}`).",
+        ]
     if parameters:
-        lines += ["", "## Parameters", "", "```yaml", yaml.safe_dump(dict(parameters), sort_keys=True).strip(), "```"]
+        lines += [
+            "",
+            "## Parameters",
+            "",
+            "```yaml",
+            yaml.safe_dump(dict(parameters), sort_keys=True).strip(),
+            "```",
+        ]
     if groups:
-        lines += ["", "## Layer-wise weights", "", "| tensors | " + " | ".join(f"#{i}" for i in range(1, len(ingredients) + 1)) + " |"]
+        lines += [
+            "",
+            "## Layer-wise weights",
+            "",
+            "| tensors | " + " | ".join(f"#{i}" for i in range(1, len(ingredients) + 1)) + " |",
+        ]
         lines.append("|---|" + "---|" * len(ingredients))
         for group, ws in groups.items():
             lines.append(f"| {group} | " + " | ".join(f"{w:.4g}" for w in ws) + " |")

@@ -16,7 +16,9 @@ from soce.schemas.merge import MergeRecipe
 class DareParams(TaskVectorParams):
     density: float = Field(1.0, gt=0, le=1, description="probability that a task-vector entry is kept")
     rescale: bool = Field(True, description="divide kept entries by density, as in the paper")
-    sign_consensus: bool = Field(False, description="TIES sign election after dropping (mergekit's dare_ties)")
+    sign_consensus: bool = Field(
+        False, description="TIES sign election after dropping (mergekit's dare_ties)"
+    )
     seed: int = Field(0, description="drop masks depend on seed, tensor name and candidate index only")
 
 

@@ -120,7 +120,9 @@ class StreamingMerge:
             remember_digests(ckpt, digests, self.cache)
         return StreamResult(tensors, shards, self._digests)
 
-    def _run_all(self, tensors: list[PlannedTensor], where: dict[str, tuple[int, int]], progress: Progress | None) -> None:
+    def _run_all(
+        self, tensors: list[PlannedTensor], where: dict[str, tuple[int, int]], progress: Progress | None
+    ) -> None:
         # largest first, so the pool does not end waiting on one big embedding
         order = sorted(tensors, key=lambda t: -t.nbytes)
 
@@ -151,9 +153,7 @@ class StreamingMerge:
 
     def _merge_tensor(self, t: PlannedTensor, fd: int, offset: int) -> None:
         infos = [ckpt.tensors[t.name] for ckpt in self.inputs]
-        hashers = [
-            hashlib.sha256() if t.name not in digests else None for digests in self._digests
-        ]
+        hashers = [hashlib.sha256() if t.name not in digests else None for digests in self._digests]
         numel = infos[0].numel
         if infos[0].dtype not in FLOAT_CODES:
             self._copy_raw(t, fd, offset, hashers)
@@ -163,7 +163,10 @@ class StreamingMerge:
             out_storage = STORAGE[t.dtype]
             for start in range(0, numel, step):
                 size = min(step, numel - start)
-                f32 = [self._read_f32(k, t.name, start, size, hashers[k], buffers) for k in range(len(self.inputs))]
+                f32 = [
+                    self._read_f32(k, t.name, start, size, hashers[k], buffers)
+                    for k in range(len(self.inputs))
+                ]
                 acc = buffers.get("acc", 0, size, np.dtype(np.float32))
                 if not self.method.elementwise:
                     shape = t.shape
@@ -173,7 +176,11 @@ class StreamingMerge:
                 acc = acc.reshape(-1)
                 if self.check_finite and not np.isfinite(acc).all():
                     raise NonFiniteTensorError(f"merged tensor {t.name!r} has NaN or Inf values")
-                raw = acc if t.dtype == "F32" else narrow(acc, t.dtype, buffers.get("out", 0, size, out_storage))
+                raw = (
+                    acc
+                    if t.dtype == "F32"
+                    else narrow(acc, t.dtype, buffers.get("out", 0, size, out_storage))
+                )
                 pwrite_all(fd, raw, offset + start * out_storage.itemsize)
         for k, h in enumerate(hashers):
             if h is not None:

@@ -87,8 +87,10 @@ def merge_into(
     device = params[0][1].device
     scratch = _scratch.get(model)
     if scratch is None or scratch[0].numel() < biggest or scratch[0].device != device:
-        scratch = (torch.empty(biggest, dtype=torch.float32, device=device),
-                   torch.empty(biggest, dtype=torch.float32, device=device))
+        scratch = (
+            torch.empty(biggest, dtype=torch.float32, device=device),
+            torch.empty(biggest, dtype=torch.float32, device=device),
+        )
         _scratch[model] = scratch
     with torch.no_grad():
         for name, p in params:

@@ -68,7 +68,9 @@ def tensor_group(name: str, num_layers: int, groups: int) -> str:
 
 class Layerwise(Linear):
     name = "layerwise"
-    summary = "linear soup with separate weights for embeddings, G depth buckets of blocks, final norm and head"
+    summary = (
+        "linear soup with separate weights for embeddings, G depth buckets of blocks, final norm and head"
+    )
     Params = LayerwiseParams
 
     def __init__(self, recipe: MergeRecipe, context: MergeContext) -> None:
@@ -78,7 +80,9 @@ class Layerwise(Linear):
 
         def coeffs(values: Sequence[float], where: str) -> np.ndarray:
             if len(values) != n:
-                raise RecipeError(f"layerwise parameters.{where} has {len(values)} weights for {n} candidates")
+                raise RecipeError(
+                    f"layerwise parameters.{where} has {len(values)} weights for {n} candidates"
+                )
             return coefficients(
                 values,
                 labels=context.labels,

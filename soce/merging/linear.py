@@ -57,7 +57,8 @@ class Linear(MergeMethod):
         return {
             "merge_method": "linear",
             "models": [
-                {"model": m, "parameters": {"weight": w}} for m, w in zip(models, self.raw_weights, strict=True)
+                {"model": m, "parameters": {"weight": w}}
+                for m, w in zip(models, self.raw_weights, strict=True)
             ],
             "parameters": {"normalize": self.params.normalize},
             "dtype": "float32",  # mergekit then computes in float32, as we do

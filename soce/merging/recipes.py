@@ -39,7 +39,11 @@ def load_recipe(path: str | Path) -> MergeRecipe:
         raise RecipeError(f"{path}: not valid YAML{where}: {problem}") from None
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(data).__name__}")
-    recipe = from_mergekit(data, where=f"{path}: ") if "merge_method" in data else parse_recipe(data, where=f"{path}: ")
+    recipe = (
+        from_mergekit(data, where=f"{path}: ")
+        if "merge_method" in data
+        else parse_recipe(data, where=f"{path}: ")
+    )
     return _relative_to(recipe, path.parent)
 
 
@@ -78,7 +82,9 @@ def from_mergekit(data: dict[str, Any], where: str = "") -> MergeRecipe:
     """Convert a mergekit-yaml config (models / merge_method / base_model / dtype) to our recipe."""
     unknown = sorted(set(data) - _MERGEKIT_KEYS)
     if unknown:
-        raise RecipeError(f"{where}mergekit key(s) {', '.join(map(repr, unknown))} are not supported by soce merge")
+        raise RecipeError(
+            f"{where}mergekit key(s) {', '.join(map(repr, unknown))} are not supported by soce merge"
+        )
     mk_method = data.get("merge_method")
     if mk_method not in MERGEKIT_METHODS:
         raise UnknownMergeMethodError(
@@ -95,7 +101,9 @@ def from_mergekit(data: dict[str, Any], where: str = "") -> MergeRecipe:
     default_density = shared.pop("density", None)
     shared.pop("int8_mask", None)  # a memory option of mergekit's; we compute in float32 anyway
     if mk_method in _LINEAR_FAMILY and base is not None:
-        raise RecipeError(f"{where}base_model is ignored by mergekit's {mk_method}; remove it or list it under models")
+        raise RecipeError(
+            f"{where}base_model is ignored by mergekit's {mk_method}; remove it or list it under models"
+        )
     candidates = []
     for i, entry in enumerate(models):
         loc = f"{where}models[{i}]"

@@ -125,7 +125,16 @@ def write_soup(
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
-            soup = _write(prepared, tmp, out, scores, progress, digest_cache or default_digest_cache(), check_finite, settings)
+            soup = _write(
+                prepared,
+                tmp,
+                out,
+                scores,
+                progress,
+                digest_cache or default_digest_cache(),
+                check_finite,
+                settings,
+            )
             _replace(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -201,7 +210,9 @@ def _write(
         header = "# Replay with: mergekit-yaml mergekit_config.yml OUT\n"
         if note:
             header += "".join(f"# {line}\n" for line in _wrap(note))
-        (tmp / MERGEKIT_FILE).write_text(header + yaml.safe_dump({k: v for k, v in mk.items() if v is not None}, sort_keys=False))
+        (tmp / MERGEKIT_FILE).write_text(
+            header + yaml.safe_dump({k: v for k, v in mk.items() if v is not None}, sort_keys=False)
+        )
     card = model_card(
         name=recipe.name or out.name,
         method=method.name,

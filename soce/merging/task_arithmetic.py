@@ -37,7 +37,9 @@ class TaskArithmetic(MergeMethod):
             allow_negative=self.params.allow_negative_weights,
         )
 
-    def _finish(self, mixed: np.ndarray, divisor: np.ndarray | float, base: np.ndarray, out: np.ndarray) -> None:
+    def _finish(
+        self, mixed: np.ndarray, divisor: np.ndarray | float, base: np.ndarray, out: np.ndarray
+    ) -> None:
         if self.params.normalize:
             np.divide(mixed, divisor, out=mixed)
         if self.params.lambda_ != 1:
@@ -68,14 +70,18 @@ class TaskArithmetic(MergeMethod):
         return {
             "merge_method": self.mergekit_name,
             "base_model": base,
-            "models": [{"model": m, "parameters": self._mergekit_parameters(i)} for i, m in enumerate(models)],
+            "models": [
+                {"model": m, "parameters": self._mergekit_parameters(i)} for i, m in enumerate(models)
+            ],
             "parameters": self._mergekit_shared(),
             "dtype": "float32",
             "out_dtype": dtype,
         }
 
 
-def sign_consensus(deltas: list[np.ndarray], weights: np.ndarray, normalize: bool) -> tuple[np.ndarray, np.ndarray]:
+def sign_consensus(
+    deltas: list[np.ndarray], weights: np.ndarray, normalize: bool
+) -> tuple[np.ndarray, np.ndarray]:
     """TIES sign election over weighted deltas: keep entries agreeing with the sign of their sum.
 
     Returns (summed agreeing deltas, summed weights of agreeing entries with 0 replaced by 1).

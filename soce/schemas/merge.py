@@ -60,7 +60,9 @@ class MergeRecipe(BaseModel):
     shard_size: int = Field(5 * 10**9, description="largest output shard, bytes (or '5GB', '2GiB')")
     allow_pickle: bool = False
     name: str | None = Field(None, description="model name for the card")
-    base_model_id: str | None = Field(None, description="hub id of the base model, for the card's front matter")
+    base_model_id: str | None = Field(
+        None, description="hub id of the base model, for the card's front matter"
+    )
 
     @field_validator("candidates", mode="before")
     @classmethod

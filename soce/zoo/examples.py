@@ -161,9 +161,18 @@ def make_related_checkpoints(
         }
         folders.append(
             write_llama_checkpoint(
-                root / f"candidate-{k}", shape, tensors, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer
+                root / f"candidate-{k}",
+                shape,
+                tensors,
+                dtype=dtype,
+                shard_size=shard_size,
+                tokenizer=tokenizer,
             )
         )
     if with_base:
-        folders.append(write_llama_checkpoint(root / "base", shape, base, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer))
+        folders.append(
+            write_llama_checkpoint(
+                root / "base", shape, base, dtype=dtype, shard_size=shard_size, tokenizer=tokenizer
+            )
+        )
     return folders
