@@ -214,10 +214,11 @@ class Checkpoint:
 
     @property
     def dtype(self) -> str:
-        """The dtype code most parameters are stored in."""
+        """The float dtype code most parameters are stored in (integer buffers do not count)."""
         counts: Counter[str] = Counter()
         for i in self.tensors.values():
-            counts[i.dtype] += i.numel
+            if i.dtype in FLOAT_CODES:
+                counts[i.dtype] += i.numel
         return counts.most_common(1)[0][0] if counts else "F32"
 
     @property

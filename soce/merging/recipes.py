@@ -49,7 +49,7 @@ def load_recipe(path: str | Path) -> MergeRecipe:
 
 def parse_recipe(data: dict[str, Any], where: str = "") -> MergeRecipe:
     if "models" in data and "candidates" not in data:
-        data = {**data, "candidates": data.pop("models")}  # be forgiving about mergekit's word
+        data = {k: v for k, v in data.items() if k != "models"} | {"candidates": data["models"]}
     try:
         return MergeRecipe.model_validate(data)
     except ValidationError as e:

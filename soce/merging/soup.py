@@ -119,12 +119,15 @@ def write_soup(
     for p in inputs:
         if out == p or out in p.parents:
             raise OutputExistsError(f"output {out} would overwrite the input {p}")
+        if p in out.parents:
+            raise OutputExistsError(f"output {out} is inside the input folder {p}; write it elsewhere")
     settings = get_settings()
     prepared = prepare_merge(recipe)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
         try:
+            _usual_mode(tmp)
             soup = _write(
                 prepared,
                 tmp,
@@ -144,14 +147,24 @@ def write_soup(
     return Soup(**{**soup.__dict__, "path": out, "seconds": time.perf_counter() - started})
 
 
+def _usual_mode(folder: Path) -> None:
+    """mkdtemp makes folders private (0700); a soup should be readable like any folder made here."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o777 & ~umask)
+
+
 def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists():
+    if not out.exists() and not out.is_symlink():
         os.rename(tmp, out)
         return
     old = out.parent / f".{out.name}.old-{os.getpid()}"
     os.rename(out, old)
     os.rename(tmp, out)
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def _write(
