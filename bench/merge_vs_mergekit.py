@@ -129,7 +129,11 @@ def main() -> None:
     ap.add_argument("--skip-in-memory", action="store_true")
     ap.add_argument("--build", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--build-dtype", help=argparse.SUPPRESS)
+    ap.add_argument("--in-memory", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.in_memory:
+        print(json.dumps(in_memory_rate([args.in_memory / f"candidate-{k}" for k in range(4)])))
+        return
     if args.build:
         make_related_checkpoints(args.build, 4, shape=SHAPE, dtype=args.build_dtype, seed=0, tokenizer=False)
         return
@@ -191,8 +195,14 @@ def main() -> None:
             (dtype, med, floor, diff, sum(f.stat().st_size for p in inputs for f in p.glob("*.safetensors")))
         )
         if not args.skip_in_memory:
-            rate, secs = in_memory_rate(inputs)
-            summary[-1] += (rate, secs)
+            # in a child process, so the experts it loads never count towards a later measurement
+            got = subprocess.run(
+                [sys.executable, __file__, "--in-memory", str(args.workdir / dtype)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
+            summary[-1] += tuple(json.loads(got.stdout.strip().splitlines()[-1]))
     print()
     print(f"{'dtype':10s}{'tool':10s}{'median wall s':>15s}{'peak RSS MiB':>14s}")
     for dtype, med, floor, diff, in_bytes, *mem in summary:

@@ -167,7 +167,7 @@ def inspect(
                 f"  {row['architecture']}, {row['layers']} layers, hidden {row['hidden_size']}, "
                 f"vocab {row['vocab_size']}{', tied embeddings' if row['tied_embeddings'] else ''}\n"
                 f"  {row['parameters']:,} parameters, {row['dtype']}, {row['bytes'] / 1e6:.1f} MB in "
-                f"{row['files']} {row['format']} file(s)\n  sha256 {row['content_hash']}"
+                f"{row['files']} {row['format']} file(s)\n  content hash {row['content_hash']}"
             )
             if scan:
                 bad = row["non_finite_tensors"]

@@ -124,7 +124,7 @@ def test_inspect_compatible(make_checkpoints) -> None:
         n = ckpt.num_parameters
     assert f"{n:,} parameters" in result.output
     assert "float32" in result.output
-    assert result.output.count("sha256 ") == 2
+    assert result.output.count("content hash ") == 2
     assert str(a) in result.output and str(b) in result.output
     assert "LlamaForCausalLM" in result.output
     assert "compatible: these 2 checkpoints can be merged" in result.output

@@ -1,9 +1,14 @@
 """Content hashes of checkpoints that do not depend on folder path or sharding.
 
-A checkpoint's hash combines one SHA-256 digest per tensor (with its name, dtype and shape),
-its tokenizer files and the architecture part of its config. Per-tensor digests let a merge
-hash its inputs while it streams them, in any order and from several threads, and they are
-remembered per weights file by (path, size, mtime, inode) so a file is hashed once.
+A checkpoint's hash is SHA-256 over a manifest: one digest per tensor (with its name, dtype and
+shape), its tokenizer files and the architecture part of its config. Per-tensor digests let a
+merge hash its inputs while it streams them, in any order and from several threads, and they
+are remembered per weights file by (path, size, mtime, inode) so a file is hashed once.
+
+Tensor digests are XXH3-128, not SHA-256: they run at memory speed (about 11 GB/s a core here
+against 1.3 GB/s), which keeps hashing off the critical path of a merge and makes registering
+a 100 GB checkpoint take seconds. The hash identifies content for caching and lineage; it is
+not a defence against someone crafting a collision.
 """
 
 from __future__ import annotations
@@ -16,23 +21,29 @@ import threading
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
 from soce.checkpoints._checkpoint import Checkpoint
 from soce.checkpoints._dtypes import STORAGE
 
 log = logging.getLogger(__name__)
 
-HASH_VERSION = "soce-checkpoint-v1"
+HASH_VERSION = "soce-checkpoint-v1 xxh3-128 leaves"
 _CHUNK = 8 * 1024 * 1024  # elements per read while hashing
 # Config keys that say nothing about the weights' meaning.
 _VOLATILE_CONFIG_KEYS = {"_name_or_path", "transformers_version", "torch_dtype", "dtype", "use_cache"}
 _VOLATILE_TOKENIZER_KEYS = {"name_or_path", "_name_or_path"}
 
 
+def tensor_hasher() -> xxhash.xxh3_128:
+    """A fresh hasher for one tensor's bytes."""
+    return xxhash.xxh3_128()
+
+
 def tensor_digest(ckpt: Checkpoint, name: str) -> str:
-    """SHA-256 of one tensor's raw bytes, read in chunks."""
+    """XXH3-128 of one tensor's raw bytes, read in chunks."""
     info = ckpt.tensors[name]
-    h = hashlib.sha256()
+    h = tensor_hasher()
     buf = np.empty(min(info.numel, _CHUNK), dtype=STORAGE[info.dtype])
     start = 0
     while start < info.numel:

@@ -41,7 +41,7 @@ def model_card(
         "",
         "## Ingredients",
         "",
-        "| # | checkpoint | content hash (sha256) | weight |",
+        "| # | checkpoint | content hash | weight |",
         "|---|---|---|---|",
     ]
     for i, ing in enumerate(ingredients, start=1):

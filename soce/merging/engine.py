@@ -8,7 +8,6 @@ while they stream past, so a merge reads every byte exactly once.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import threading
@@ -16,12 +15,13 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from soce.checkpoints import Checkpoint, DigestCache
 from soce.checkpoints._dtypes import FLOAT_CODES, STORAGE, narrow, widen
-from soce.checkpoints._hashing import cached_digests, remember_digests
+from soce.checkpoints._hashing import cached_digests, remember_digests, tensor_hasher
 from soce.checkpoints._safetensors import PlannedShard, PlannedTensor, plan_shards, pwrite_all, write_index
 from soce.errors import NonFiniteTensorError
 from soce.merging._base import MergeMethod
@@ -35,7 +35,7 @@ Progress = Callable[[int], None]
 class StreamResult:
     tensors: list[PlannedTensor]
     shards: list[PlannedShard]
-    # per input (candidates, then base): tensor name -> sha256 of its bytes
+    # per input (candidates, then base): tensor name -> XXH3-128 digest of its bytes
     digests: list[dict[str, str]] = field(default_factory=list)
 
     @property
@@ -153,7 +153,7 @@ class StreamingMerge:
 
     def _merge_tensor(self, t: PlannedTensor, fd: int, offset: int) -> None:
         infos = [ckpt.tensors[t.name] for ckpt in self.inputs]
-        hashers = [hashlib.sha256() if t.name not in digests else None for digests in self._digests]
+        hashers = [tensor_hasher() if t.name not in digests else None for digests in self._digests]
         numel = infos[0].numel
         if infos[0].dtype not in FLOAT_CODES:
             self._copy_raw(t, fd, offset, hashers)
@@ -188,7 +188,7 @@ class StreamingMerge:
                     self._digests[k][t.name] = h.hexdigest()
 
     def _read_f32(
-        self, k: int, name: str, start: int, size: int, hasher: hashlib._Hash | None, buffers: _Buffers
+        self, k: int, name: str, start: int, size: int, hasher: Any, buffers: _Buffers
     ) -> np.ndarray:
         code = self.inputs[k].tensors[name].dtype
         dst = buffers.get("in", k, size, np.dtype(np.float32))
