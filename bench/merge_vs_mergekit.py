@@ -47,16 +47,26 @@ def build(root: Path, dtype: str) -> list[Path]:
     return folders
 
 
+# Peak RSS is read in a small launcher process: a child's ru_maxrss starts from the memory of the
+# process it was forked from, so measuring directly from this one (which loads soups to compare
+# them) would add this process's size to both tools.
+_LAUNCHER = """
+import json, resource, subprocess, sys, time
+t = time.perf_counter()
+p = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+wall = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+print(json.dumps({"rc": p.returncode, "wall": wall, "rss": rss, "stderr": p.stderr[-4000:]}))
+"""
+
+
 def run(cmd: list[str], env: dict[str, str]) -> tuple[float, int]:
     """Wall seconds and peak RSS in bytes of one child process."""
-    started = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    wall = time.perf_counter() - started
-    err = proc.stderr.read().decode() if proc.stderr else ""
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err}")
-    return wall, usage.ru_maxrss * 1024
+    got = subprocess.run([sys.executable, "-c", _LAUNCHER, *cmd], env=env, capture_output=True, text=True)
+    result = json.loads(got.stdout.strip().splitlines()[-1])
+    if result["rc"] != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{result['stderr']}")
+    return result["wall"], result["rss"]
 
 
 def io_floor(inputs: list[Path], out_bytes: int, scratch: Path) -> float:
