@@ -58,7 +58,7 @@ def model_card(
             "## Parameters",
             "",
             "```yaml",
-            yaml.safe_dump(dict(parameters), sort_keys=True).strip(),
+            yaml.safe_dump(dict(parameters), sort_keys=True, default_flow_style=None).strip(),
             "```",
         ]
     if groups:
