@@ -54,13 +54,13 @@ def main(
     )
 
 
-def _progress_bar(desc: str, quiet: bool):
+def _progress_bar(desc: str, quiet: bool, unit: str = "B"):
     from tqdm import tqdm
 
     bars = []
 
     def factory(total: int) -> Callable[[int], None]:
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=desc, disable=quiet, file=sys.stderr)
+        bar = tqdm(total=total, unit=unit, unit_scale=unit == "B", desc=desc, disable=quiet, file=sys.stderr)
         bars.append(bar)
         return bar.update
 
@@ -183,6 +183,35 @@ def inspect(
         raise typer.Exit(1)
 
 
+zoo_app = typer.Typer(
+    help="The reference model zoo: a tiny base, fine-tuned candidates and a category benchmark.",
+    no_args_is_help=True,
+)
+app.add_typer(zoo_app, name="zoo")
+
+
+@zoo_app.command("build")
+@friendly
+def zoo_build(
+    out: Annotated[Path, typer.Argument(help="folder to build the zoo in")],
+    size: Annotated[str, typer.Option(help="tiny (under a minute, for tests) or demo (minutes)")] = "tiny",
+    seed: Annotated[int, typer.Option(help="the same seed builds the same zoo, bit for bit")] = 0,
+    force: Annotated[bool, typer.Option(help="rebuild OUT if it exists")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Build a base model pretrained on synthetic tasks, candidates fine-tuned from it, and lm-eval tasks."""
+    from soce.zoo.build import SIZES, build_zoo
+
+    if size not in SIZES:
+        _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    factory, close = _progress_bar("training", quiet, unit="step")
+    try:
+        path = build_zoo(out, size=size, seed=seed, force=force, progress=factory)
+    finally:
+        close()
+    typer.echo(f"built the {size} zoo in {path}: suite.yaml, tasks/, base/ and candidates/")
+
+
 @app.command()
 def methods() -> None:
     """List the merge methods and what they do."""
@@ -204,6 +233,77 @@ def demo(
     from soce.demo import run_demo
 
     run_demo(out, quiet=quiet)
+
+
+@app.command()
+@friendly
+def score(
+    checkpoints: Annotated[
+        list[Path], typer.Argument(help="checkpoint folders (with --evaluator external: names in the file)")
+    ],
+    suite: Annotated[Path, typer.Option(help="suite YAML: categories of lm-eval tasks, dev and test splits")],
+    split: Annotated[str, typer.Option(help="dev (to choose anything) or test (held out, to report)")],
+    evaluator: Annotated[str, typer.Option(help="lm_eval (run tasks) or external (a file)")] = "lm_eval",
+    scores: Annotated[Path | None, typer.Option(help="CSV or JSON scores for --evaluator external")] = None,
+    out: Annotated[Path, typer.Option(help="folder for the score matrix as JSON and CSV")] = Path("scores"),
+    batch_size: Annotated[int | None, typer.Option(help="lm-eval batch size [SOCE_EVAL_BATCH_SIZE]")] = None,
+    device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:0 [default: cuda]")] = None,
+    cache: Annotated[bool, typer.Option(help="reuse scores stored for the same checkpoint content")] = True,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Score checkpoints on a suite split: prints the candidates x categories matrix, writes JSON and CSV."""
+    import os
+
+    from soce.errors import SuiteError
+    from soce.schemas.suite import SuiteSpec
+
+    if split not in ("dev", "test"):
+        raise SuiteError(f"--split must be dev or test, not {split!r}")
+    spec = SuiteSpec.from_file(suite)
+    verbose = logging.getLogger().level <= logging.INFO
+    if not verbose:  # lm-eval's own bars and notes only with -v
+        for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ[var] = "1"
+        logging.getLogger("lm_eval").setLevel(logging.ERROR)
+    from tqdm import tqdm
+
+    from evaluators import TaskEvaluator, build_evaluator
+    from soce.schemas.scores import ScoreMatrix
+    from soce.score_cache import score_checkpoint
+
+    options: dict[str, Any] = {"scores_file": scores} if evaluator == "external" else {}
+    if evaluator == "lm_eval":
+        options = {"batch_size": batch_size, "device": device, "show_progress": not quiet and verbose}
+    backend = build_evaluator(evaluator, **options)
+    total = len(checkpoints) * len(spec.tasks)
+    desc = f"scoring {spec.split_name(split)}"
+    bar = tqdm(total=total, unit="task", desc=desc, disable=quiet, file=sys.stderr)
+    results = []
+    try:
+        for ckpt in checkpoints:
+            bar.set_postfix_str(ckpt.name or str(ckpt))
+            if isinstance(backend, TaskEvaluator):
+                got = score_checkpoint(backend, ckpt, spec, split, progress=bar.update, use_cache=cache)
+            else:
+                got = backend.score(ckpt, spec, split, progress=bar.update)
+            results.append(got)
+    finally:
+        bar.close()
+    matrix = ScoreMatrix.from_scores(results)
+    names = [Path(c).name or c for c in matrix.candidates]
+    labels = names if len(set(names)) == len(names) else matrix.candidates
+    width = max(len(s) for s in [*labels, "candidate"])
+    typer.echo(f"{'candidate':{width}s}  " + "  ".join(f"{c:>10s}" for c in [*matrix.categories, "average"]))
+    for label, row, avg, res in zip(labels, matrix.values, matrix.average, results, strict=True):
+        hit = f"  ({res.cached_tasks}/{len(res.tasks)} cached)" if res.cached_tasks else ""
+        typer.echo(f"{label:{width}s}  " + "  ".join(f"{v:10.4f}" for v in [*row, avg]) + hit)
+    if isinstance(backend, TaskEvaluator):
+        typer.echo(f"{sum(r.cached_tasks for r in results)} of {total} task scores came from the score cache")
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{spec.name}-{split}"
+    stem.with_suffix(".json").write_text(matrix.model_dump_json(indent=2) + "\n")
+    stem.with_suffix(".csv").write_text(matrix.to_csv())
+    typer.echo(f"wrote {stem}.json and {stem}.csv")
 
 
 if __name__ == "__main__":

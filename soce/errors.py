@@ -41,3 +41,19 @@ class UnknownMergeMethodError(RecipeError):
 
 class OutputExistsError(SoceError):
     """The output folder exists and overwriting was not asked for."""
+
+
+class SuiteError(SoceError):
+    """A benchmark suite is invalid: unknown task, empty category, duplicate name, missing metric."""
+
+
+class EvaluationError(SoceError):
+    """A task failed to load or run, a metric was not produced, or a model failed to load."""
+
+
+class ScoreFileError(SoceError):
+    """An imported score file (CSV or JSON) is malformed; the message names the row and field."""
+
+
+class DatabaseError(SoceError):
+    """The app database cannot be reached, migrated or written; the message names the database."""

@@ -39,3 +39,11 @@ def make_checkpoints(tmp_path: Path) -> MakeCheckpoints:
         return make_related_checkpoints(root, n, shape=shape, **kwargs)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny reference zoo (seed 0), built once per test session."""
+    from soce.zoo.build import build_zoo
+
+    return build_zoo(tmp_path_factory.mktemp("zoo") / "tiny", size="tiny", seed=0)

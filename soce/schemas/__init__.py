@@ -1,5 +1,20 @@
 """Pydantic specs shared by the CLI, the API and the workers (no heavy imports here)."""
 
 from soce.schemas.merge import Ingredient, MergeRecipe, parse_size, pydantic_error_message
+from soce.schemas.scores import CategoryScore, ScoreMatrix, SuiteScores, TaskScore
+from soce.schemas.suite import CategorySpec, Split, SuiteSpec, TaskSpec
 
-__all__ = ["Ingredient", "MergeRecipe", "parse_size", "pydantic_error_message"]
+__all__ = [
+    "CategoryScore",
+    "CategorySpec",
+    "Ingredient",
+    "MergeRecipe",
+    "ScoreMatrix",
+    "Split",
+    "SuiteScores",
+    "SuiteSpec",
+    "TaskScore",
+    "TaskSpec",
+    "parse_size",
+    "pydantic_error_message",
+]

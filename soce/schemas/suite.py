@@ -1,0 +1,134 @@
+"""A benchmark suite: categories of lm-eval tasks, each with a metric, and which split is dev or test."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from soce.errors import SuiteError
+from soce.schemas.merge import pydantic_error_message
+
+Split = Literal["dev", "test"]
+
+
+class TaskSpec(BaseModel):
+    """One lm-eval task and the metric key read from its results (e.g. 'acc,none')."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, description="lm-eval task name")
+    metric: str = Field("acc,none", min_length=1, description="key in lm-eval's results for this task")
+    weight: float = Field(1.0, gt=0, description="weight of this task in its category's mean")
+
+
+class CategorySpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    tasks: list[TaskSpec]
+    weight: float = Field(1.0, gt=0, description="weight of this category in the overall objective")
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> CategorySpec:
+        if not self.tasks:
+            raise ValueError(f"category {self.name!r} has no tasks")
+        return self
+
+
+class SuiteSpec(BaseModel):
+    """Categories of tasks; `dev_split` is used to choose anything, `test_split` only to report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1)
+    include_path: str | None = Field(
+        None, description="folder of lm-eval task YAMLs (relative to the suite file)"
+    )
+    dev_split: str = Field("validation", description="dataset split name used as dev")
+    test_split: str = Field("test", description="dataset split name held out for reporting")
+    limit: int | None = Field(None, gt=0, description="evaluate at most this many examples per task")
+    num_fewshot: int = Field(0, ge=0)
+    seed: int = 1234
+    categories: list[CategorySpec]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SuiteSpec:
+        if not self.categories:
+            raise ValueError("a suite needs at least one category")
+        seen: set[str] = set()
+        for c in self.categories:
+            if c.name in seen:
+                raise ValueError(f"category name {c.name!r} is used twice")
+            seen.add(c.name)
+        owner: dict[str, str] = {}
+        for c in self.categories:
+            for t in c.tasks:
+                if t.name in owner:
+                    raise ValueError(f"task {t.name!r} appears twice (in {owner[t.name]!r} and {c.name!r})")
+                owner[t.name] = c.name
+        if self.dev_split == self.test_split:
+            raise ValueError(
+                f"dev_split and test_split are both {self.dev_split!r}; the test split must be held out"
+            )
+        return self
+
+    @property
+    def tasks(self) -> list[TaskSpec]:
+        return [t for c in self.categories for t in c.tasks]
+
+    @property
+    def category_names(self) -> list[str]:
+        return [c.name for c in self.categories]
+
+    def split_name(self, split: Split) -> str:
+        return self.dev_split if split == "dev" else self.test_split
+
+    def category_of(self, task: str) -> str:
+        for c in self.categories:
+            if any(t.name == task for t in c.tasks):
+                return c.name
+        raise KeyError(task)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> SuiteSpec:
+        """Load a suite YAML; a relative include_path is resolved against the file's folder."""
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except FileNotFoundError:
+            raise SuiteError(f"{path}: no such suite file") from None
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise SuiteError(f"{path}: cannot be read as YAML ({first})") from None
+        if not isinstance(data, dict):
+            raise SuiteError(f"{path}: a suite is a YAML mapping")
+        if data.get("include_path"):
+            inc = Path(str(data["include_path"])).expanduser()
+            data["include_path"] = str(inc if inc.is_absolute() else (path.parent / inc).resolve())
+        return cls.parse(data, where=f"{path}: ")
+
+    @classmethod
+    def parse(cls, data: dict, where: str = "") -> SuiteSpec:
+        try:
+            return cls.model_validate(data)
+        except ValidationError as e:
+            raise SuiteError(where + pydantic_error_message(e)) from None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def canonical_hash(data: object) -> str:
+    return hashlib.sha256(
+        json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).hexdigest()

@@ -1,0 +1,294 @@
+"""`soce zoo build`: data, lm-eval tasks, a suite, a pretrained base and fine-tuned candidates.
+
+Layout of a zoo folder:
+    suite.yaml                  the SuiteSpec (categories of lm-eval tasks, dev/test splits)
+    tasks/<task>.yaml           lm-eval task configs reading data/<task>/{dev,test}.jsonl
+    data/<task>/{train,dev,test}.jsonl
+    base/                       the pretrained base (Hugging Face folder)
+    candidates/<name>/          fine-tunes of the base, each with its own category mixture
+    zoo.json                    what was built and how (sizes, seeds, mixtures, losses)
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+from soce.errors import OutputExistsError
+from soce.zoo.tasks import CATEGORIES, TASKS, Example, make_splits
+from soce.zoo.train import Batcher, TrainPlan, train
+
+log = logging.getLogger(__name__)
+
+ZOO_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ZooSize:
+    hidden: int
+    layers: int
+    intermediate: int
+    heads: int
+    batch: int
+    base_steps: int
+    base_lr: float
+    finetune_steps: int
+    finetune_lr: float
+    n_train: int
+    n_dev: int
+    n_test: int
+    extra_candidates: bool  # the demo zoo adds two more candidates
+
+
+SIZES: dict[str, ZooSize] = {
+    "tiny": ZooSize(
+        hidden=48,
+        layers=2,
+        intermediate=128,
+        heads=4,
+        batch=32,
+        base_steps=400,
+        base_lr=3e-3,
+        finetune_steps=80,
+        finetune_lr=1e-3,
+        n_train=800,
+        n_dev=40,
+        n_test=40,
+        extra_candidates=False,
+    ),
+    "demo": ZooSize(
+        hidden=64,
+        layers=2,
+        intermediate=192,
+        heads=4,
+        batch=48,
+        base_steps=3000,
+        base_lr=3e-3,
+        finetune_steps=500,
+        finetune_lr=1e-3,
+        n_train=500,
+        n_dev=150,
+        n_test=150,
+        extra_candidates=True,
+    ),
+}
+
+
+def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
+    """The base's plan and the candidates': a specialist per category, a generalist, and variants."""
+    uniform = {c: 1.0 for c in CATEGORIES}
+    base = TrainPlan("base", uniform, size.base_steps, size.base_lr, seed, "pretrained on all categories")
+    cands = []
+    for k, cat in enumerate(CATEGORIES):
+        mix = {c: (0.85 if c == cat else 0.05) for c in CATEGORIES}
+        cands.append(
+            TrainPlan(
+                f"{cat}-expert",
+                mix,
+                size.finetune_steps,
+                size.finetune_lr,
+                seed + 1 + k,
+                f"85% {cat}, 5% each other category",
+            )
+        )
+    cands.append(
+        TrainPlan(
+            "generalist", uniform, size.finetune_steps, size.finetune_lr, seed + 11, "all categories equally"
+        )
+    )
+    first = CATEGORIES[0]
+    cands.append(
+        TrainPlan(
+            f"{first}-expert-hot",
+            {c: (0.85 if c == first else 0.05) for c in CATEGORIES},
+            size.finetune_steps,
+            size.finetune_lr * 2.5,
+            seed + 12,
+            f"85% {first} at 2.5x the learning rate, another seed",
+        )
+    )
+    if size.extra_candidates:
+        a, b = CATEGORIES[1], CATEGORIES[2]
+        cands.append(
+            TrainPlan(
+                f"{a}-{b}",
+                {c: (0.45 if c in (a, b) else 0.05) for c in CATEGORIES},
+                size.finetune_steps,
+                size.finetune_lr,
+                seed + 13,
+                f"45% {a}, 45% {b}",
+            )
+        )
+        cands.append(
+            TrainPlan(
+                "generalist-long",
+                uniform,
+                size.finetune_steps * 2,
+                size.finetune_lr * 0.5,
+                seed + 14,
+                "all categories, twice the steps at half the learning rate",
+            )
+        )
+    return base, cands
+
+
+def _task_yaml(task_name: str, kind: str, data: Path) -> dict:
+    cfg: dict = {
+        "task": task_name,
+        "dataset_path": "json",
+        "dataset_kwargs": {
+            "data_files": {"validation": str(data / "dev.jsonl"), "test": str(data / "test.jsonl")}
+        },
+        "validation_split": "validation",
+        "test_split": "test",
+        "doc_to_text": "{{prompt}}",
+        "target_delimiter": "",  # the prompt ends with '=' and the answer follows directly
+    }
+    if kind == "mc":
+        cfg |= {
+            "output_type": "multiple_choice",
+            "doc_to_choice": "{{choices}}",
+            "doc_to_target": "{{answer}}",
+            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+        }
+    else:
+        cfg |= {
+            "output_type": "generate_until",
+            "doc_to_target": "{{target}}",
+            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 8, "do_sample": False},
+            "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
+        }
+    cfg["metadata"] = {"version": ZOO_VERSION}
+    return cfg
+
+
+def _write_jsonl(path: Path, examples: list[Example]) -> None:
+    path.write_text("".join(json.dumps(ex.row()) + "\n" for ex in examples))
+
+
+def write_benchmark(root: Path, final_root: Path, size: ZooSize, seed: int) -> dict[str, list[Example]]:
+    """Data, task YAMLs (pointing at `final_root`, where the zoo will live) and suite.yaml."""
+    train_sets: dict[str, list[Example]] = {}
+    (root / "tasks").mkdir(parents=True)
+    for task in TASKS:
+        splits = make_splits(task, seed=seed, n_train=size.n_train, n_dev=size.n_dev, n_test=size.n_test)
+        folder = root / "data" / task.name
+        folder.mkdir(parents=True)
+        for split, examples in splits.items():
+            _write_jsonl(folder / f"{split}.jsonl", examples)
+        train_sets[task.name] = splits["train"]
+        cfg = _task_yaml(task.name, task.kind, final_root / "data" / task.name)
+        (root / "tasks" / f"{task.name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    suite = {
+        "name": f"soce-zoo-{seed}",
+        "include_path": "tasks",
+        "dev_split": "validation",
+        "test_split": "test",
+        "categories": [
+            {"name": cat, "tasks": [{"name": t.name, "metric": t.metric} for t in TASKS if t.category == cat]}
+            for cat in CATEGORIES
+        ],
+    }
+    (root / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
+    return train_sets
+
+
+def build_zoo(
+    out: Path,
+    *,
+    size: str = "tiny",
+    seed: int = 0,
+    force: bool = False,
+    progress: Callable[[int], Callable[[int], None]] | None = None,
+    threads: int | None = None,
+) -> Path:
+    """Build a zoo at `out` (atomically: a temporary folder beside it is renamed at the end)."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from soce.zoo.tokenizer import build_char_tokenizer, vocab_size
+
+    if size not in SIZES:
+        raise ValueError(f"unknown zoo size {size!r}; use one of {', '.join(SIZES)}")
+    spec = SIZES[size]
+    out = out.expanduser().resolve()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to rebuild it")
+    started = time.perf_counter()
+    torch.set_num_threads(threads or min(4, os.cpu_count() or 1))  # fixed, so builds repeat bit for bit
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        train_sets = write_benchmark(tmp, out, spec, seed)
+        tokenizer = build_char_tokenizer()
+        base_plan, cand_plans = plans(spec, seed)
+        total = base_plan.steps + sum(p.steps for p in cand_plans)
+        tick = progress(total) if progress else None
+        batcher = Batcher(train_sets)
+        config = LlamaConfig(
+            vocab_size=vocab_size(),
+            hidden_size=spec.hidden,
+            intermediate_size=spec.intermediate,
+            num_hidden_layers=spec.layers,
+            num_attention_heads=spec.heads,
+            num_key_value_heads=spec.heads,
+            max_position_embeddings=64,
+            tie_word_embeddings=False,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+        torch.manual_seed(seed)
+        base = LlamaForCausalLM(config)
+        losses = {"base": train(base, batcher, base_plan, batch_size=spec.batch, tick=tick)}
+        _save(base, tokenizer, tmp / "base")
+        for plan in cand_plans:
+            model = copy.deepcopy(base)
+            losses[plan.name] = train(model, batcher, plan, batch_size=spec.batch, tick=tick)
+            _save(model, tokenizer, tmp / "candidates" / plan.name)
+            del model
+        manifest = {
+            "version": ZOO_VERSION,
+            "size": size,
+            "seed": seed,
+            "shape": asdict(spec),
+            "base": {**asdict(base_plan), "path": "base"},
+            "candidates": [{**asdict(p), "path": f"candidates/{p.name}"} for p in cand_plans],
+            "final_train_loss": losses,
+            "build_seconds": round(time.perf_counter() - started, 1),
+        }
+        (tmp / "zoo.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _save(model, tokenizer, folder: Path) -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()  # our own bar covers the build
+    folder.mkdir(parents=True)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    (folder / "generation_config.json").unlink(missing_ok=True)  # greedy defaults; nothing to keep
+
+
+def candidate_paths(zoo: Path) -> list[Path]:
+    """The candidate folders of a built zoo, in build order."""
+    manifest = json.loads((zoo / "zoo.json").read_text())
+    return [zoo / c["path"] for c in manifest["candidates"]]
