@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -19,20 +18,7 @@ from soce.checkpoints import (
     scan_finite,
 )
 from soce.errors import IncompatibleCheckpointsError, NonFiniteTensorError
-
-
-def rewrite_weights(folder: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
-    """Load a float32 candidate's tensors, let `change` edit the dict, write model.safetensors again."""
-    with Checkpoint.open(folder) as ckpt:
-        tensors = {name: ckpt.read_float32(name).copy() for name in ckpt.tensors}
-    change(tensors)
-    save_file(tensors, folder / "model.safetensors")
-
-
-def edit_json(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=2))
+from tests.checkpoints.editing import edit_json, rewrite_weights
 
 
 def report_for(*folders: Path):

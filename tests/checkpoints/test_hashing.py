@@ -2,36 +2,22 @@
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from soce.checkpoints import Checkpoint, DigestCache, _hashing, checkpoint_hash, save_file
+from soce.checkpoints import Checkpoint, DigestCache, _hashing, checkpoint_hash
 from soce.config import get_settings
+from tests.checkpoints.editing import edit_json, rewrite_weights
 
 
 def hash_of(folder: Path, cache: DigestCache | None = None) -> str:
     with Checkpoint.open(folder) as ckpt:
         return checkpoint_hash(ckpt, cache if cache is not None else DigestCache(None))
-
-
-def rewrite_weights(folder: Path, change: Callable[[dict[str, np.ndarray]], None]) -> None:
-    with Checkpoint.open(folder) as ckpt:
-        tensors = {name: ckpt.read_float32(name).copy() for name in ckpt.tensors}
-    change(tensors)
-    save_file(tensors, folder / "model.safetensors")
-
-
-def edit_json(path: Path, change: Callable[[dict], None]) -> None:
-    data = json.loads(path.read_text())
-    change(data)
-    path.write_text(json.dumps(data, indent=2))
 
 
 @pytest.fixture
