@@ -26,6 +26,15 @@ class Settings(BaseSettings):
     hash_cache: bool = Field(True, description="remember checkpoint file digests by path, size and mtime")
     merge_threads: int = Field(0, ge=0, description="threads for the streaming merge; 0 means one per core")
     merge_chunk_elements: int = Field(4 * 1024 * 1024, ge=1024, description="elements per streamed chunk")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL of the app database; default: SQLite at data_dir/soce.sqlite"
+    )
+    device: str | None = Field(None, description="torch device for evaluation; default: cuda when present")
+    eval_batch_size: int = Field(32, ge=1, description="batch size of lm-eval requests")
+
+    def app_database_url(self) -> str:
+        """The configured database URL, or the embedded SQLite file under data_dir."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'soce.sqlite'}"
 
 
 @lru_cache(maxsize=1)
