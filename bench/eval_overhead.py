@@ -12,8 +12,7 @@ the same split override.
                                   [--device cpu] [--threads N] [--workdir DIR]
 
 --zoo DIR reads DIR/suite.yaml and the first candidate folder under DIR/candidates (or any folder
-of DIR with a config.json). Without it, a small task folder (a multiple-choice and a generation
-task in the zoo's format) and a random example checkpoint are built under --workdir.
+of DIR with a config.json). Without it, the tiny reference zoo is built under --workdir.
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
@@ -29,64 +27,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import yaml
 
-from soce.zoo import LlamaShape, make_related_checkpoints
+def build_fallback(root: Path) -> tuple[Path, Path]:
+    """The tiny reference zoo under ROOT (built once, about 30 s), its suite and first candidate."""
+    from soce.zoo.build import build_zoo
 
-
-def build_fallback(root: Path, n: int) -> tuple[Path, Path]:
-    """ROOT/suite.yaml with two tasks of `n` dev and `n` test items each, and one random checkpoint."""
-    rng = random.Random(0)
-    (root / "tasks").mkdir(parents=True, exist_ok=True)
-    for task in ("bench_add_mc", "bench_rev_gen"):
-        data = root / "data" / task
-        data.mkdir(parents=True, exist_ok=True)
-        for split in ("dev", "test"):
-            rows = []
-            for _ in range(n):
-                if task.endswith("mc"):
-                    a, b = rng.randint(10, 49), rng.randint(10, 49)
-                    ch = [str(a + b + d) for d in (0, -1, 1, 10)]
-                    rng.shuffle(ch)
-                    rows.append({"prompt": f"{a}+{b}=", "choices": ch, "answer": ch.index(str(a + b))})
-                else:
-                    w = "".join(rng.choice("abcdef") for _ in range(3))
-                    rows.append({"prompt": f"rev {w}=", "target": w[::-1]})
-            (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        cfg = {
-            "task": task,
-            "dataset_path": "json",
-            "dataset_kwargs": {
-                "data_files": {"validation": str(data / "dev.jsonl"), "test": str(data / "test.jsonl")}
-            },
-            "validation_split": "validation",
-            "test_split": "test",
-            "doc_to_text": "{{prompt}}",
-        }
-        if task.endswith("mc"):
-            cfg |= {
-                "output_type": "multiple_choice",
-                "doc_to_choice": "{{choices}}",
-                "doc_to_target": "{{answer}}",
-            }
-            cfg["metric_list"] = [{"metric": "acc"}]
-        else:
-            cfg |= {"output_type": "generate_until", "doc_to_target": "{{target}}"}
-            cfg["generation_kwargs"] = {"until": ["\n"], "max_gen_toks": 8, "do_sample": False}
-            cfg["metric_list"] = [{"metric": "exact_match"}]
-        (root / "tasks" / f"{task}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    suite = {
-        "name": "bench",
-        "include_path": "tasks",
-        "categories": [
-            {"name": "arithmetic", "tasks": [{"name": "bench_add_mc", "metric": "acc,none"}]},
-            {"name": "strings", "tasks": [{"name": "bench_rev_gen", "metric": "exact_match,none"}]},
-        ],
-    }
-    (root / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
-    shape = LlamaShape(hidden=64, layers=2, intermediate=128)
-    (candidate,) = make_related_checkpoints(root / "candidates", 1, shape=shape)
-    return root / "suite.yaml", candidate
+    if not (root / "zoo.json").is_file():
+        print(f"building the tiny zoo in {root} ...", flush=True)
+        build_zoo(root, size="tiny", seed=0, force=True)
+    return zoo_inputs(root)
 
 
 def zoo_inputs(zoo: Path) -> tuple[Path, Path]:
@@ -141,7 +90,6 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default=None, help="default: cuda when present")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
-    ap.add_argument("--items", type=int, default=100, help="fallback suite: items per task and split")
     ap.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "soce-bench-eval")
     args = ap.parse_args()
 
@@ -150,7 +98,7 @@ def main() -> None:
     if args.zoo:
         suite_file, checkpoint = zoo_inputs(args.zoo)
     else:
-        suite_file, checkpoint = build_fallback(args.workdir / "zoo", args.items)
+        suite_file, checkpoint = build_fallback(args.workdir / "zoo")
 
     import logging
 

@@ -142,7 +142,8 @@ def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
     return base, cands
 
 
-def _task_yaml(task_name: str, kind: str, data: Path) -> dict:
+def task_config(task_name: str, kind: str, data: Path) -> dict:
+    """The lm-eval task config of a zoo task whose dev and test JSONL files are in `data`."""
     cfg: dict = {
         "task": task_name,
         "dataset_path": "json",
@@ -151,20 +152,22 @@ def _task_yaml(task_name: str, kind: str, data: Path) -> dict:
         },
         "validation_split": "validation",
         "test_split": "test",
-        "doc_to_text": "{{prompt}}",
+        # plain field names: lm-eval reads them straight from the row, where a Jinja template would
+        # be compiled again for every example on every evaluation (most of an evaluation's overhead)
+        "doc_to_text": "prompt",
         "target_delimiter": "",  # the prompt ends with '=' and the answer follows directly
     }
     if kind == "mc":
         cfg |= {
             "output_type": "multiple_choice",
-            "doc_to_choice": "{{choices}}",
-            "doc_to_target": "{{answer}}",
+            "doc_to_choice": "choices",
+            "doc_to_target": "answer",
             "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
         }
     else:
         cfg |= {
             "output_type": "generate_until",
-            "doc_to_target": "{{target}}",
+            "doc_to_target": "target",
             "generation_kwargs": {"until": ["\n"], "max_gen_toks": 8, "do_sample": False},
             "metric_list": [{"metric": "exact_match", "aggregation": "mean", "higher_is_better": True}],
         }
@@ -187,7 +190,7 @@ def write_benchmark(root: Path, final_root: Path, size: ZooSize, seed: int) -> d
         for split, examples in splits.items():
             _write_jsonl(folder / f"{split}.jsonl", examples)
         train_sets[task.name] = splits["train"]
-        cfg = _task_yaml(task.name, task.kind, final_root / "data" / task.name)
+        cfg = task_config(task.name, task.kind, final_root / "data" / task.name)
         (root / "tasks" / f"{task.name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     suite = {
         "name": f"soce-zoo-{seed}",

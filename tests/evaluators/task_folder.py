@@ -10,6 +10,7 @@ from pathlib import Path
 import yaml
 
 from soce.schemas.suite import SuiteSpec
+from soce.zoo.build import task_config
 
 SPLIT_FILES = {"train": "train.jsonl", "validation": "dev.jsonl", "test": "test.jsonl"}
 
@@ -30,31 +31,7 @@ def gen_rows(n: int, rng: random.Random) -> list[dict]:
 
 
 def task_yaml(name: str, data: Path, kind: str) -> dict:
-    cfg = {
-        "task": name,
-        "dataset_path": "json",
-        "dataset_kwargs": {
-            "data_files": {"validation": str(data / "dev.jsonl"), "test": str(data / "test.jsonl")}
-        },
-        "validation_split": "validation",
-        "test_split": "test",
-        "doc_to_text": "{{prompt}}",
-    }
-    if kind == "mc":
-        cfg |= {
-            "output_type": "multiple_choice",
-            "doc_to_choice": "{{choices}}",
-            "doc_to_target": "{{answer}}",
-            "metric_list": [{"metric": "acc"}],
-        }
-    else:
-        cfg |= {
-            "output_type": "generate_until",
-            "doc_to_target": "{{target}}",
-            "generation_kwargs": {"until": ["\n"], "max_gen_toks": 8, "do_sample": False},
-            "metric_list": [{"metric": "exact_match"}],
-        }
-    return cfg
+    return task_config(name, kind, data)
 
 
 def write_zoo_tasks(root: Path, *, sizes: tuple[int, int, int] = (4, 8, 10), seed: int = 0) -> Path:

@@ -108,7 +108,9 @@ def test_fingerprints_follow_content_and_split_not_location(tmp_path: Path) -> N
         f.write(json.dumps({"prompt": "rev xyz=", "target": "zyx"}) + "\n")
     assert fingerprints(b)[0] == fingerprints(a)[0] and fingerprints(b)[1] != fingerprints(a)[1]
     task_yaml = b / "tasks" / "zoo_add_mc.yaml"
-    task_yaml.write_text(task_yaml.read_text().replace("{{prompt}}", "Q: {{prompt}}"))
+    edited = task_yaml.read_text().replace("doc_to_text: prompt", "doc_to_text: 'Q: {{prompt}}'")
+    assert edited != task_yaml.read_text()
+    task_yaml.write_text(edited)
     assert fingerprints(b)[0] != fingerprints(a)[0]
 
 
