@@ -88,21 +88,21 @@ def _rot(rng: random.Random) -> Example:
 
 
 def _pairs(rng: random.Random) -> tuple[list[str], list[str], str]:
-    keys = ["a", "b", "c"]  # fixed keys, random distinct digit values
-    values = rng.sample(string.digits, 3)
+    keys = ["a", "b", "c", "d"]  # fixed keys, random distinct digit values
+    values = rng.sample(string.digits, 4)
     listing = " ".join(k + v for k, v in zip(keys, values, strict=True))
     return keys, values, listing
 
 
 def _kv_fwd(rng: random.Random) -> Example:
     keys, values, listing = _pairs(rng)
-    i = rng.randrange(3)
+    i = rng.randrange(4)
     return Example(f"fwd {listing} {keys[i]}=", values[i])
 
 
 def _kv_bwd(rng: random.Random) -> Example:
     keys, values, listing = _pairs(rng)
-    i = rng.randrange(3)
+    i = rng.randrange(4)
     return Example(f"bwd {listing} {values[i]}=", keys[i], _choices(rng, keys[i], keys))
 
 
@@ -113,11 +113,9 @@ def _count(rng: random.Random) -> Example:
 
 
 def _length(rng: random.Random) -> Example:
-    s = _word(rng, 4, 12)
+    s = _word(rng, 7, 15)
     n = len(s)
-    return Example(
-        f"len {s}=", str(n), _choices(rng, str(n), [str(n + 1), str(n - 1), str(n + 2), str(n - 2)])
-    )
+    return Example(f"len {s}=", str(n), _choices(rng, str(n), [str(n + 1), str(n - 1)]))
 
 
 TASKS: tuple[TaskDef, ...] = (

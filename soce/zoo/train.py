@@ -38,18 +38,30 @@ class TrainPlan:
 
 
 class Batcher:
-    """Draws padded batches from the train splits according to a category mixture."""
+    """Draws padded batches from the train splits according to a category mixture.
+
+    Each task's examples are padded once into arrays, so a batch is a few fancy-indexing copies.
+    Padding is on the right and masked out of the loss; with causal attention no real token ever
+    attends to it, so no attention mask is needed.
+    """
 
     def __init__(self, train: Mapping[str, Sequence[Example]]) -> None:
-        self.encoded: dict[str, list[tuple[list[int], list[int]]]] = {
-            task: [(encode(ex.prompt), encode(ex.target + "\n")) for ex in examples]
-            for task, examples in train.items()
-        }
+        self.ids: dict[str, np.ndarray] = {}
+        self.labels: dict[str, np.ndarray] = {}
+        for task, examples in train.items():
+            rows = [(encode(ex.prompt), encode(ex.target + "\n")) for ex in examples]
+            width = max(len(p) + len(t) for p, t in rows)
+            ids = np.full((len(rows), width), PAD_ID, dtype=np.int64)
+            labels = np.full((len(rows), width), -100, dtype=np.int64)
+            for i, (p, t) in enumerate(rows):
+                ids[i, : len(p) + len(t)] = p + t
+                labels[i, len(p) : len(p) + len(t)] = t
+            self.ids[task], self.labels[task] = ids, labels
 
     def task_weights(self, mixture: Mapping[str, float]) -> tuple[list[str], np.ndarray]:
         names, weights = [], []
         for cat, share in mixture.items():
-            tasks = [t.name for t in TASKS if t.category == cat and t.name in self.encoded]
+            tasks = [t.name for t in TASKS if t.category == cat and t.name in self.ids]
             for t in tasks:
                 names.append(t)
                 weights.append(share / len(tasks))
@@ -59,20 +71,17 @@ class Batcher:
     def batch(self, rng: np.random.Generator, names: list[str], probs: np.ndarray, size: int):
         import torch
 
-        rows = []
-        for task in rng.choice(len(names), size=size, p=probs):
-            pool = self.encoded[names[task]]
-            rows.append(pool[rng.integers(len(pool))])
-        width = max(len(p) + len(t) for p, t in rows)
-        ids = torch.full((size, width), PAD_ID, dtype=torch.long)
-        labels = torch.full((size, width), -100, dtype=torch.long)
-        mask = torch.zeros((size, width), dtype=torch.long)
-        for i, (p, t) in enumerate(rows):
-            n = len(p) + len(t)
-            ids[i, :n] = torch.tensor(p + t)
-            labels[i, len(p) : n] = torch.tensor(t)
-            mask[i, :n] = 1
-        return ids, mask, labels
+        picks = rng.choice(len(names), size=size, p=probs)
+        width = max(self.ids[names[k]].shape[1] for k in set(picks.tolist()))
+        ids = np.full((size, width), PAD_ID, dtype=np.int64)
+        labels = np.full((size, width), -100, dtype=np.int64)
+        for k in np.unique(picks):
+            rows = np.flatnonzero(picks == k)
+            pool_ids, pool_labels = self.ids[names[k]], self.labels[names[k]]
+            chosen = rng.integers(len(pool_ids), size=rows.size)
+            ids[rows, : pool_ids.shape[1]] = pool_ids[chosen]
+            labels[rows, : pool_labels.shape[1]] = pool_labels[chosen]
+        return torch.from_numpy(ids), torch.from_numpy(labels)
 
 
 def train(
@@ -103,8 +112,8 @@ def train(
     for step in range(plan.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step)
-        ids, mask, labels = batcher.batch(rng, names, probs, batch_size)
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        ids, labels = batcher.batch(rng, names, probs, batch_size)
+        loss = model(input_ids=ids, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
