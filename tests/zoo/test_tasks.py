@@ -44,3 +44,9 @@ def test_training_encoding_matches_the_saved_tokenizer() -> None:
     tok = build_char_tokenizer()
     text = "rev abc=cba\n" + "fwd a3 b7 c1 b=7\n"
     assert tok(text, add_special_tokens=True)["input_ids"] == encode(text)
+
+
+def test_tokenizer_decodes_back_to_the_same_text() -> None:
+    tok = build_char_tokenizer()
+    text = "rev abc=cba\nfwd a3 b7 c1 d5 b=7"
+    assert tok.decode(tok(text)["input_ids"]) == text
