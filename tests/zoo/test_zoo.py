@@ -113,3 +113,29 @@ def test_fine_tunes_soup_into_a_working_model_but_independent_models_do_not(
     )
     mixed_loss = _dev_loss(AutoModelForCausalLM.from_pretrained(mixed.path), tiny_zoo)
     assert mixed_loss > max(stranger_loss, cand_losses[0]) + 0.5, (mixed_loss, stranger_loss, cand_losses[0])
+
+
+def test_candidates_differ_per_category_under_lm_eval(tiny_zoo: Path, tmp_path: Path) -> None:
+    from evaluators import LmEvalEvaluator
+    from soce.db import create_app_engine
+    from soce.db.migrate import upgrade
+    from soce.score_cache import score_checkpoint
+
+    suite = SuiteSpec.from_file(tiny_zoo / "suite.yaml")
+    engine = create_app_engine(f"sqlite:///{tmp_path / 'scores.sqlite'}")
+    upgrade(engine)
+    matrix = {
+        p.name: {
+            c: s.value
+            for c, s in score_checkpoint(LmEvalEvaluator(), p, suite, "dev", engine=engine).categories.items()
+        }
+        for p in candidate_paths(tiny_zoo)
+    }
+    for cat in CATEGORIES:
+        assert len({row[cat] for row in matrix.values()}) >= 2, (cat, matrix)
+    best = {cat: max(matrix, key=lambda name, cat=cat: matrix[name][cat]) for cat in CATEGORIES}
+    assert len(set(best.values())) >= 2, best  # no single candidate is best at everything
+    # generation tasks are really scored (a decoding bug once made them all zero)
+    gen = [t.name for t in TASKS if t.kind == "gen"]
+    scores = score_checkpoint(LmEvalEvaluator(), candidate_paths(tiny_zoo)[0], suite, "dev", engine=engine)
+    assert any(scores.tasks[name].value > 0 for name in gen), scores.tasks
