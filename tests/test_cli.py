@@ -490,3 +490,12 @@ def test_merge_bad_option_values(make_checkpoints, tmp_path: Path, outs: Path) -
     assert_refused(
         invoke("merge", "--shard-size", "lots", recipe, outs / "soup"), outs / "soup", "--shard-size"
     )
+
+
+def test_zoo_build_refuses_unknown_size_and_existing_folder(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["zoo", "build", str(tmp_path / "z"), "--size", "huge"])
+    assert result.exit_code == 2 and "--size must be one of tiny, demo" in result.output
+    assert not (tmp_path / "z").exists()
+    (tmp_path / "z").mkdir()
+    result = runner.invoke(app, ["zoo", "build", str(tmp_path / "z")])
+    assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
