@@ -7,6 +7,7 @@ import logging
 import os
 import shutil
 import tempfile
+import textwrap
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -222,7 +223,7 @@ def _write(
         note = getattr(method, "mergekit_note", None)
         header = "# Replay with: mergekit-yaml mergekit_config.yml OUT\n"
         if note:
-            header += "".join(f"# {line}\n" for line in _wrap(note))
+            header += "".join(f"# {line}\n" for line in textwrap.wrap(note, 96))
         (tmp / MERGEKIT_FILE).write_text(
             header + yaml.safe_dump({k: v for k, v in mk.items() if v is not None}, sort_keys=False)
         )
@@ -252,12 +253,6 @@ def _write(
         seconds=0.0,
         mergekit_config=mk is not None,
     )
-
-
-def _wrap(text: str, width: int = 96) -> list[str]:
-    import textwrap
-
-    return textwrap.wrap(text, width)
 
 
 def check_recipe(recipe: MergeRecipe) -> None:
