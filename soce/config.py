@@ -6,7 +6,7 @@ import os
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -31,10 +31,19 @@ class Settings(BaseSettings):
     )
     device: str | None = Field(None, description="torch device for evaluation; default: cuda when present")
     eval_batch_size: int = Field(32, ge=1, description="batch size of lm-eval requests")
+    optuna_storage_url: str | None = Field(
+        None,
+        validation_alias=AliasChoices("SOCE_OPTUNA_STORAGE_URL", "OPTUNA_STORAGE_URL"),
+        description="Optuna's own database for studies; default: SQLite at data_dir/optuna.sqlite",
+    )
 
     def app_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""
         return self.database_url or f"sqlite:///{self.data_dir / 'soce.sqlite'}"
+
+    def optuna_url(self) -> str:
+        """Optuna's database (never the app database: Optuna owns its tables and migrations)."""
+        return self.optuna_storage_url or f"sqlite:///{self.data_dir / 'optuna.sqlite'}"
 
 
 @lru_cache(maxsize=1)

@@ -57,3 +57,11 @@ class ScoreFileError(SoceError):
 
 class DatabaseError(SoceError):
     """The app database cannot be reached, migrated or written; the message names the database."""
+
+
+class SearchError(SoceError):
+    """A weight search cannot run as configured: sampler, space, experts or stored study."""
+
+
+class RunRecipeError(SoceError):
+    """A `soce run` recipe is invalid; the message names the file and the field."""

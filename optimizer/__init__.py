@@ -1,0 +1,32 @@
+"""The decisions: correlations, category experts, weight search, greedy soup, intervals, reports.
+
+Evaluation reaches this package as a callable; it never imports evaluators, Celery or the database.
+"""
+
+from optimizer.bootstrap import Interval, paired_bootstrap
+from optimizer.correlation import Correlation, analyse_correlation
+from optimizer.experts import ExpertChoice, Experts, choose_experts
+from optimizer.greedy import GreedySoup, greedy_soup
+from optimizer.search import SAMPLERS, Scored, SearchConfig, SearchResult, WeightSearch
+from optimizer.space import SearchSpace, SoupWeights, grid_points, stick_breaking
+
+__all__ = [
+    "SAMPLERS",
+    "Correlation",
+    "ExpertChoice",
+    "Experts",
+    "GreedySoup",
+    "Interval",
+    "Scored",
+    "SearchConfig",
+    "SearchResult",
+    "SearchSpace",
+    "SoupWeights",
+    "WeightSearch",
+    "analyse_correlation",
+    "choose_experts",
+    "greedy_soup",
+    "grid_points",
+    "paired_bootstrap",
+    "stick_breaking",
+]

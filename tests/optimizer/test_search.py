@@ -1,0 +1,142 @@
+"""Weight search on a synthetic objective: samplers, seeding, resuming, pruning, reuse of repeated points."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+
+from optimizer.search import SearchConfig, WeightSearch, objective_of
+from optimizer.space import SearchSpace, SoupWeights, grid_points
+from soce.errors import SearchError
+
+CATS = ["x", "y", "z"]
+TARGET = (0.5, 0.3, 0.2)
+
+
+def scores_of(w) -> dict[str, float]:
+    """Each category likes its own expert; all of them like weights near TARGET."""
+    w = (*w, 0.0, 0.0)[:3]
+    dist = sum((a - b) ** 2 for a, b in zip(w, TARGET, strict=True))
+    return {c: 0.5 + 0.2 * w[i] - dist for i, c in enumerate(CATS)}
+
+
+class Counter:
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.calls: list[tuple[tuple[float, ...], tuple[str, ...]]] = []
+        self.fail_after = fail_after
+
+    def __call__(self, weights: SoupWeights, categories):
+        if self.fail_after is not None and len(self.calls) >= self.fail_after:
+            raise RuntimeError("worker lost")
+        self.calls.append((weights.weights, tuple(categories)))
+        s = scores_of(weights.weights)
+        return {c: s[c] for c in categories}
+
+
+def search(sampler, n=None, *, storage=None, name="s", evaluate=None, space=None, **kw):
+    space = space or SearchSpace(("a", "b", "c"))
+    return WeightSearch(
+        space,
+        CATS,
+        evaluate or Counter(),
+        SearchConfig(sampler=sampler, n_trials=n, seed=kw.pop("seed", 0), **kw),
+        storage=storage or optuna.storages.InMemoryStorage(),
+        study_name=name,
+    )
+
+
+def test_grid_evaluates_every_point_once_and_finds_the_grid_best():
+    ev = Counter()
+    result = search("grid", evaluate=ev).run()
+    points = grid_points(3)
+    assert result.n_trials == len(points) == 37 and result.evaluations == 37
+    assert sorted(w for w, _ in ev.calls) == sorted(points)
+    best = max(points, key=lambda p: objective_of(scores_of(p), CATS, {}))
+    assert result.best.weights.weights == pytest.approx(best)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "nsga2"])
+def test_samplers_improve_on_uniform_and_are_seeded(sampler):
+    uniform = objective_of(scores_of((1 / 3, 1 / 3, 1 / 3)), CATS, {})
+    first = search(sampler, 24).run()
+    again = search(sampler, 24).run()
+    assert [t.weights for t in first.history] == [t.weights for t in again.history]
+    assert first.best.objective > uniform
+    for t in first.history:
+        assert sum(t.weights.weights) == pytest.approx(1.0) and min(t.weights.weights) >= 0
+    other_seed = search(sampler, 24, seed=7).run()
+    assert [t.weights for t in other_seed.history] != [t.weights for t in first.history]
+
+
+def test_nsga2_has_one_objective_per_category_and_picks_by_mean():
+    s = search("nsga2", 16)
+    result = s.run()
+    assert len(s.study.directions) == 3
+    assert result.best.objective == max(t.objective for t in result.history if t.objective is not None)
+    assert result.best.objective == pytest.approx(sum(result.best.category_scores.values()) / 3)
+
+
+def test_a_resumed_study_does_not_repeat_trials(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    crashing = Counter(fail_after=6)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        search("tpe", 15, storage=url, evaluate=crashing).run()
+    # a worker killed mid-trial leaves it RUNNING: that point is asked again first
+    study = optuna.load_study(study_name="s", storage=url)
+    study.enqueue_trial({"u0": 0.9, "u1": 0.1})
+    stale = study.ask()
+    stale.suggest_float("u0", 0.0, 1.0), stale.suggest_float("u1", 0.0, 1.0)
+    resumed_eval = Counter()
+    result = search("tpe", 15, storage=url, evaluate=resumed_eval).run()
+    states = [t.state for t in result.history]
+    assert states.count("COMPLETE") == 15
+    assert len(crashing.calls) + len(resumed_eval.calls) == 15  # finished trials were not run again
+    assert resumed_eval.calls[0][0] == pytest.approx(SearchSpace(("a", "b", "c")).from_params(stale.params).weights)
+    done = [tuple(round(x, 9) for x in t.weights.weights) for t in result.history if t.state == "COMPLETE"]
+    assert len(set(done)) == len(done)
+    # continuing a finished study runs nothing; a larger n_trials adds only the difference
+    idle = Counter()
+    assert search("tpe", 15, storage=url, evaluate=idle).run().n_trials == 15 and idle.calls == []
+    more = Counter()
+    assert search("tpe", 18, storage=url, evaluate=more).run().n_trials == 18 and len(more.calls) == 3
+
+
+def test_a_study_of_another_search_is_refused(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    search("tpe", 2, storage=url).run()
+    with pytest.raises(SearchError, match="another search"):
+        search("tpe", 2, storage=url, space=SearchSpace(("a", "b", "d")))
+
+
+def test_pruning_never_loses_the_best_and_saves_evaluations():
+    full = search("grid").run()
+    ev = Counter()
+    pruned = search("grid", evaluate=ev, pruning=True).run()
+    assert pruned.best.weights == full.best.weights and pruned.best.objective == pytest.approx(full.best.objective)
+    states = [t.state for t in pruned.history]
+    assert "PRUNED" in states
+    assert sum(len(c) for _, c in ev.calls) < 37 * 3  # category evaluations saved
+    assert all(len(c) == 1 for _, c in ev.calls)  # one category at a time
+
+
+def test_repeated_points_reuse_the_first_result():
+    ev = Counter()
+    result = search("tpe", 4, evaluate=ev, space=SearchSpace(("a",))).run()
+    assert result.n_trials == 4 and result.evaluations == 1 and len(ev.calls) == 1
+
+
+def test_parallel_trials_finish_the_same_count():
+    ev = Counter()
+    result = search("tpe", 12, evaluate=ev, parallel=3).run()
+    assert result.n_trials == 12 and len(ev.calls) == 12
+
+
+def test_bad_configurations_name_the_problem():
+    with pytest.raises(SearchError, match="more than the 37 points"):
+        search("grid", 50)
+    with pytest.raises(SearchError, match="layerwise"):
+        search("grid", space=SearchSpace(("a", "b"), "layerwise", ("embed", "head")))
+    with pytest.raises(SearchError, match="pruning needs one objective"):
+        search("nsga2", 4, pruning=True)
+    with pytest.raises(SearchError, match="cmaes needs at least 2"):
+        search("cmaes", 4, space=SearchSpace(("a", "b")))
