@@ -221,18 +221,69 @@ def methods() -> None:
         typer.echo(f"{name:16s} {cls.summary}")
 
 
+def _quiet_libraries() -> None:
+    """lm-eval's and Hugging Face's own bars and notes only with -v."""
+    import os
+
+    if logging.getLogger().level > logging.INFO:
+        for var in ("TQDM_DISABLE", "HF_DATASETS_DISABLE_PROGRESS_BARS", "HF_HUB_DISABLE_PROGRESS_BARS"):
+            os.environ[var] = "1"
+        for name in ("lm_eval", "datasets", "transformers", "optuna"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def _print_result(result: Any) -> None:
+    from workers.summary import result_table
+
+    typer.echo("")
+    typer.echo(result_table(result.report))
+    typer.echo("")
+    typer.echo(f"soup:   {result.soup_path}")
+    typer.echo(f"report: {result.report_html}  (and {result.report_json.name})")
+
+
+@app.command()
+@friendly
+def run(
+    recipe: Annotated[Path, typer.Argument(help="run recipe YAML: candidates, suite, sampler, output")],
+    n_trials: Annotated[int | None, typer.Option(help="override the recipe's n_trials")] = None,
+    output: Annotated[Path | None, typer.Option(help="override the recipe's output folder")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
+) -> None:
+    """Run the whole SoCE pipeline locally: score, correlations, experts, weight search, soup, report."""
+    from soce.schemas.run import RunRecipe
+
+    spec = RunRecipe.from_file(recipe)
+    update: dict[str, Any] = {}
+    if n_trials is not None:
+        update["n_trials"] = n_trials
+    if output is not None:
+        update["output"] = str(output.expanduser().resolve())
+    if update:
+        spec = RunRecipe.parse({**spec.model_dump(), **update}, where=f"{recipe}: ")
+    _quiet_libraries()
+    from workers.pipeline import run_local
+    from workers.progress import Stages
+
+    _print_result(run_local(spec, stages=Stages(quiet=quiet)))
+
+
 @app.command()
 @friendly
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for the example checkpoints and soups")] = Path(
-        "soce-demo"
-    ),
+    size: Annotated[str, typer.Option(help="demo (a few minutes) or tiny (under a minute)")] = "demo",
+    out: Annotated[Path, typer.Option(help="folder for the soup and its report")] = Path("soce-demo"),
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Build small related example checkpoints, merge them with every method, and load the soups."""
-    from soce.demo import run_demo
+    """Build (or reuse) the reference zoo and run the whole SoCE pipeline on it; prints the test table."""
+    from soce.zoo.build import SIZES
 
-    run_demo(out, quiet=quiet)
+    if size not in SIZES:
+        _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    _quiet_libraries()
+    from workers.demo import run_demo
+
+    _print_result(run_demo(size, out, quiet=quiet))
 
 
 @app.command()
