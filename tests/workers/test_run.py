@@ -1,0 +1,166 @@
+"""`soce run` on the tiny zoo: the soup, report.json and report.html; a rerun reuses scores and the study."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from soce.cli import app
+from soce.config import get_settings
+from soce.merging import load_recipe
+
+runner = CliRunner()
+
+REPORT_KEYS = {
+    "candidates",
+    "categories",
+    "dev_scores",
+    "test_scores",
+    "correlation",
+    "experts",
+    "weights",
+    "search",
+    "baselines",
+    "soup",
+}
+
+
+def write_recipe(folder: Path, zoo: Path, **fields) -> Path:
+    recipe = {
+        "candidates": [str(zoo / "candidates" / "*")],
+        "suite": str(zoo / "suite.yaml"),
+        "sampler": "tpe",
+        "n_trials": 4,
+        "output": "out",
+        "bootstrap_iterations": 300,
+        **fields,
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_zoo: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, object]:
+    folder = tmp_path_factory.mktemp("run")
+    recipe = write_recipe(folder, tiny_zoo)
+    result = runner.invoke(app, ["run", str(recipe), "-q"])
+    return recipe, result
+
+
+def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
+    recipe, result = first_run
+    assert result.exit_code == 0, result.output
+    out = recipe.parent / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert set(report) >= REPORT_KEYS
+    cands = sorted(p.name for p in (tiny_zoo / "candidates").iterdir())
+    assert sorted(report["candidates"]) == cands
+    cats = report["categories"]
+    assert set(report["dev_scores"]) == set(cands) and set(report["dev_scores"][cands[0]]) == set(cats)
+    assert set(report["correlation"]) >= {"pearson", "spearman", "tau"}
+    experts = report["expert_candidates"]
+    assert set(report["weights"]) == set(experts) and sum(report["weights"].values()) == pytest.approx(1.0)
+    search = report["search"]
+    assert search["sampler"] == "tpe" and search["n_trials"] == 4 and 1 <= search["evaluations"] <= 4
+    assert search["best_dev_objective"] == max(
+        t["objective"] for t in search["history"] if t["objective"] is not None
+    )
+    assert set(report["baselines"]) == {"best_single", "uniform", "uniform_experts", "greedy"}
+    best_single = report["baselines"]["best_single"]
+    best = max(report["dev_average"], key=lambda c: report["dev_average"][c])
+    assert best_single["members"] == [best]
+    # a candidate souped alone is that candidate: its test scores equal its own cached test scores
+    assert best_single["test_average"] == pytest.approx(report["test_average"][best])
+    soup = report["soup"]
+    assert set(soup["test"]) == set(cats) and set(soup["intervals"]) >= {"vs_best_single", "vs_uniform"}
+    for iv in soup["intervals"].values():
+        assert iv["low"] <= iv["diff"] <= iv["high"]
+    # the written soup scores on test (from disk) what the resident soup scored
+    assert soup["test_average_from_disk"] == pytest.approx(soup["test_average"], abs=1e-9)
+    soup_dir = Path(soup["path"])
+    assert (soup_dir / "model.safetensors").is_file() or (soup_dir / "model.safetensors.index.json").is_file()
+    written = load_recipe(soup_dir / "soce_recipe.yml")
+    assert [Path(c.path).name for c in written.candidates] == [Path(p).name for p in experts]
+    assert [c.weight for c in written.candidates] == pytest.approx([report["weights"][e] for e in experts])
+    html = (out / "report.html").read_text()
+    assert html.count("<svg") >= 5 and "http://" not in html and "https://" not in html
+    assert (out / "scores-dev.csv").read_text().startswith("candidate,")
+    # the final table: every candidate, the baselines and the soup with intervals
+    for name in [*cands, "best single", "uniform soup (all)", "greedy soup", "SoCE soup", "vs best single"]:
+        assert name in result.output
+    assert str(soup_dir) in result.output
+
+
+def test_rerun_reuses_cached_scores_and_the_stored_study(first_run):
+    recipe, first = first_run
+    assert first.exit_code == 0, first.output
+    before = json.loads((recipe.parent / "out" / "report.json").read_text())
+    result = runner.invoke(app, ["run", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    after = json.loads((recipe.parent / "out" / "report.json").read_text())
+    assert after["search"]["study"] == before["search"]["study"]
+    assert after["search"]["history"] == before["search"]["history"]  # no trial run again
+    assert after["dev_scores"] == before["dev_scores"]
+    study = optuna.load_study(study_name=after["search"]["study"], storage=get_settings().optuna_url())
+    assert len(study.trials) == 4
+    # more trials continue the same study: the first four stay as they were
+    result = runner.invoke(app, ["run", str(recipe), "-q", "--n-trials", "6"])
+    assert result.exit_code == 0, result.output
+    study = optuna.load_study(study_name=after["search"]["study"], storage=get_settings().optuna_url())
+    assert len(study.trials) == 6
+    old = {t["number"]: t["category_scores"] for t in before["search"]["history"]}
+    assert {t.number: t.user_attrs["category_scores"] for t in study.trials[:4]} == old
+
+
+def test_layerwise_search_writes_a_layerwise_soup(tiny_zoo: Path, tmp_path: Path):
+    recipe = write_recipe(tmp_path, tiny_zoo, space="layerwise", n_trials=3, layer_groups=2)
+    result = runner.invoke(app, ["run", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    groups = report["layer_weights"]
+    assert {"embed", "blocks[0]", "blocks[1]", "norm", "head"} <= set(groups)
+    written = load_recipe(Path(report["soup"]["path"]) / "soce_recipe.yml")
+    assert written.method == "layerwise" and len(written.parameters["blocks"]) == 2
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"sampler": "annealing"}, "sampler: Input should be"),
+        ({"n_trials": 0}, "n_trials: Input should be greater than or equal to 1"),
+        ({"space": "layerwise", "sampler": "grid"}, "use tpe, cmaes or nsga2 with space layerwise"),
+        ({"candidates": ["/nonexistent/*"]}, "pattern '/nonexistent/*' matches no folder"),
+        ({"suite": "/nonexistent/suite.yaml"}, "no such suite file"),
+        ({"tau": 2}, "tau: Input should be less than or equal to 1"),
+        ({"weights": [1, 2]}, "weights: Extra inputs are not permitted"),
+    ],
+)
+def test_bad_recipes_give_clear_errors(tiny_zoo: Path, tmp_path: Path, fields, message):
+    recipe = write_recipe(tmp_path, tiny_zoo, **fields)
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_one_candidate_is_not_a_soup(tiny_zoo: Path, tmp_path: Path):
+    one = sorted((tiny_zoo / "candidates").iterdir())[0]
+    recipe = write_recipe(tmp_path, tiny_zoo, candidates=[str(one)])
+    result = runner.invoke(app, ["run", str(recipe)])
+    assert result.exit_code == 2 and "at least 2 checkpoints" in result.output
+
+
+def test_missing_and_malformed_recipe_files(tmp_path: Path):
+    result = runner.invoke(app, ["run", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "no such recipe file" in result.output
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("candidates: [unclosed\n")
+    result = runner.invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2 and "cannot be read as YAML" in result.output
