@@ -86,11 +86,11 @@ def soup_values(folder: Path) -> dict[str, np.ndarray]:
 def test_help_lists_commands() -> None:
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("merge", "inspect", "methods", "demo"):
+    for command in ("merge", "inspect", "methods", "demo", "run", "score"):
         assert command in result.output
 
 
-@pytest.mark.parametrize("command", ["merge", "inspect", "methods", "demo"])
+@pytest.mark.parametrize("command", ["merge", "inspect", "methods", "demo", "run"])
 def test_command_help(command: str) -> None:
     result = invoke(command, "--help")
     assert result.exit_code == 0
