@@ -357,5 +357,156 @@ def score(
     typer.echo(f"wrote {stem}.json and {stem}.csv")
 
 
+# --- the app database and API keys (`soce db ...`, `soce apikey ...`) ---
+
+db_app = typer.Typer(help="The app database: Alembic migrations of our tables.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+apikey_app = typer.Typer(help="API keys for the service's write endpoints.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", help="SQLAlchemy URL; default: SOCE_DATABASE_URL, or the embedded SQLite"),
+]
+
+
+def _settings_url() -> str:
+    from soce.config import get_settings
+
+    return get_settings().app_database_url()
+
+
+def _reachable(action: Callable[[], Any], engine: Any) -> Any:
+    """Run `action`, turning a connection failure into one line that names the database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from soce.db.engine import describe
+    from soce.errors import DatabaseError
+
+    try:
+        return action()
+    except SQLAlchemyError as e:
+        cause = getattr(e, "orig", None) or e  # the driver's own message, without SQLAlchemy's prefix
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(e).__name__)
+        raise DatabaseError(f"database {describe(engine)} cannot be reached ({first})") from None
+
+
+def _keys_engine(database_url: str | None) -> Any:
+    """The app engine, with its api_keys table there (embedded SQLite migrates itself)."""
+    from sqlalchemy import inspect
+
+    from soce.db import get_engine
+    from soce.db.engine import describe
+    from soce.errors import DatabaseError
+
+    engine = get_engine(database_url)
+    if not _reachable(lambda: inspect(engine).has_table("api_keys"), engine):
+        raise DatabaseError(f"database {describe(engine)} has no api_keys table; run `soce db upgrade` first")
+    return engine
+
+
+@db_app.command("upgrade")
+@friendly
+def db_upgrade(
+    revision: Annotated[str, typer.Argument(help="target revision")] = "head",
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Migrate the app database up to REVISION (default: the newest)."""
+    from soce.db import create_app_engine
+    from soce.db.engine import describe
+    from soce.db.migrate import current_revision, upgrade
+
+    engine = create_app_engine(database_url or _settings_url())
+    try:
+        before = _reachable(lambda: current_revision(engine), engine)
+        upgrade(engine, revision)
+        after = current_revision(engine)
+    finally:
+        engine.dispose()
+    change = f"already at {after}" if before == after else f"{before or 'empty'} -> {after}"
+    typer.echo(f"database {describe(engine)}: {change}")
+
+
+@db_app.command("current")
+@friendly
+def db_current(database_url: DatabaseUrl = None) -> None:
+    """Print the app database's schema revision and whether it is the newest."""
+    from alembic.script import ScriptDirectory
+
+    from soce.db import create_app_engine
+    from soce.db.engine import describe
+    from soce.db.migrate import alembic_config, current_revision
+
+    engine = create_app_engine(database_url or _settings_url())
+    try:
+        current = _reachable(lambda: current_revision(engine), engine)
+        head = ScriptDirectory.from_config(alembic_config(engine)).get_current_head()
+    finally:
+        engine.dispose()
+    where = f"database {describe(engine)}"
+    if current is None:
+        typer.echo(f"{where}: empty; `soce db upgrade` migrates it to {head}")
+    else:
+        typer.echo(f"{where}: {current}" + (" (head)" if current == head else f" (head is {head})"))
+
+
+@apikey_app.command("create")
+@friendly
+def apikey_create(
+    name: Annotated[str, typer.Option("--name", help="a unique name: who or what uses the key")],
+    read_only: Annotated[bool, typer.Option("--read-only", help="the key may read but not write")] = False,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create an API key: prints it once on stdout; only its hash is stored."""
+    from soce.db import create_api_key, session_scope
+
+    with session_scope(_keys_engine(database_url)) as session:
+        row, key = create_api_key(session=session, name=name, read_only=read_only)
+        prefix = row.prefix
+    typer.echo(f"created API key {name!r} ({prefix}…); it is shown only now:", err=True)
+    typer.echo(key)
+
+
+@apikey_app.command("list")
+@friendly
+def apikey_list(database_url: DatabaseUrl = None) -> None:
+    """List API keys by name and prefix (the keys themselves are not stored)."""
+    from soce.db import list_api_keys, session_scope
+
+    with session_scope(_keys_engine(database_url)) as session:
+        rows = list_api_keys(session=session)
+    if not rows:
+        typer.echo("no API keys; create one with `soce apikey create --name NAME`")
+        return
+
+    def when(t: Any) -> str:
+        return t.strftime("%Y-%m-%d %H:%M") if t else "-"
+
+    width = max(len("name"), *(len(r.name) for r in rows))
+    header = ["prefix".ljust(14), "access".ljust(10), "created".ljust(16), "last used".ljust(16), "revoked"]
+    typer.echo(f"{'name':{width}s}  " + "  ".join(header))
+    for r in rows:
+        access = "read" if r.read_only else "read-write"
+        typer.echo(
+            f"{r.name:{width}s}  {r.prefix + '…':14s}  {access:10s}  {when(r.created_at):16s}  "
+            f"{when(r.last_used_at):16s}  {when(r.revoked_at)}"
+        )
+
+
+@apikey_app.command("revoke")
+@friendly
+def apikey_revoke(
+    name: Annotated[str, typer.Argument(help="the key's name")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke an API key: requests with it are refused from now on."""
+    from soce.db import revoke_api_key, session_scope
+
+    with session_scope(_keys_engine(database_url)) as session:
+        row = revoke_api_key(session=session, name=name)
+        revoked_at = row.revoked_at
+    typer.echo(f"revoked API key {name!r} ({revoked_at:%Y-%m-%d %H:%M} UTC)")
+
+
 if __name__ == "__main__":
     app()
