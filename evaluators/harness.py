@@ -1,9 +1,12 @@
 """The `lm_eval` evaluator: lm-evaluation-harness in-process on an in-memory model.
 
 A weight search evaluates the same tasks hundreds of times on one model whose weights change in
-place, so the lm-eval Task objects (datasets loaded, configs resolved) are built once per process
-for each (suite, split, limit, few-shot, seed, task files) and reused; nothing that depends on the
-weights is kept. lm-eval, torch and transformers are imported only when a model is evaluated.
+place, so everything that does not depend on the weights is built once per process for each
+(suite, split, limit, few-shot, seed, task files) and reused: the lm-eval Task objects (datasets
+loaded, configs resolved), their documents and requests (`PreparedTask`), and in the model
+(`evaluators.batched_lm.BatchedLM`) the tokens and batches of those requests. An evaluation runs the
+forward passes, then lm-eval's own filters, per-document metrics and aggregations, as its evaluate()
+would. lm-eval, torch and transformers are imported only when a model is evaluated.
 """
 
 from __future__ import annotations
@@ -11,8 +14,8 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import stat
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluators._base import Progress, TaskEvaluator
-from evaluators.task_files import declared_splits, task_fingerprint, task_index
+from evaluators.task_files import declared_splits, read_task_yaml, task_fingerprint, task_index
 from soce.config import Settings, get_settings
 from soce.errors import EvaluationError, SuiteError
 from soce.schemas.scores import TaskScore
@@ -49,6 +52,98 @@ def apply_offline_environment(settings: Settings | None = None) -> None:
     os.environ["HF_HOME"] = str(settings.data_dir / "hf")
 
 
+MEMO_PER_DOCUMENT = 16  # remembered metric results per document before a task's memo starts over
+# lm-eval's multiple-choice metrics that depend on the log-likelihoods only through which choice wins
+# (raw, per character, per byte) and the greedy flags: their results are remembered by those
+_DECISION_METRICS = {"acc", "acc_norm", "acc_bytes", "exact_match", "f1", "mcc"}
+
+
+@dataclass
+class PreparedTask:
+    """An lm-eval task's documents and requests, built once; each evaluation refills the responses.
+
+    lm-eval's evaluate() rebuilds every request and re-reads every document from the dataset on each
+    call, which costs more than a small model's forward passes; they depend only on the task, split,
+    limit and few-shot seed, all fixed for a TaskSet.
+    """
+
+    task: Any
+    docs: list[tuple[int, Any]]  # (doc_id, doc) in lm-eval's order
+    requests: list[list[Any]]  # each document's Instances, ordered as evaluate() orders them
+    # per document: the choices' lengths in characters and bytes, for multiple-choice tasks whose
+    # metrics are all decision metrics (None otherwise)
+    choice_lengths: dict[int, tuple[list[float], list[float]]] | None = None
+    memo: dict[tuple, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, task: Any, *, limit: int | None) -> PreparedTask:
+        from lm_eval.evaluator_utils import get_sample_size
+
+        if getattr(task, "UNSAFE_CODE", False) or getattr(task, "MULTIMODAL", False):
+            raise EvaluationError(f"task {task.config.task!r} runs code or needs images: not supported")
+        limit = get_sample_size(task, limit)
+        task.build_all_requests(limit=limit, rank=0, world_size=1)  # evaluate()'s call for our options
+        docs = list(task.doc_iterator(rank=0, limit=limit, world_size=1))
+        by_doc: dict[int, list[Any]] = {}
+        for instance in task.instances:
+            by_doc.setdefault(instance.doc_id, []).append(instance)
+        for group in by_doc.values():
+            group.sort(key=lambda x: x.idx)
+        lengths = None
+        if (
+            task.OUTPUT_TYPE == "multiple_choice"
+            and not callable(task.config.process_results)
+            and set(task.aggregation()) <= _DECISION_METRICS
+        ):
+            choices = {doc_id: [str(c) for c in task.doc_to_choice(doc)] for doc_id, doc in docs}
+            lengths = {
+                doc_id: ([float(len(c)) for c in cs], [float(len(c.encode("utf-8"))) for c in cs])
+                for doc_id, cs in choices.items()
+                if all(cs)  # an empty choice divides by zero: left to lm-eval
+            }
+        return cls(
+            task=task,
+            docs=docs,
+            requests=[by_doc.get(doc_id, []) for doc_id, _ in docs],
+            choice_lengths=lengths,
+        )
+
+    def _memo_key(self, doc_id: int, filter_key: str, responses: list) -> tuple | None:
+        """What task.process_results depends on besides the document, when that is known to repeat:
+        which choice wins and the greedy flags (decision metrics only), or a generation's text."""
+        if self.choice_lengths is not None:
+            lengths = self.choice_lengths.get(doc_id)
+            if lengths is None or len(responses) != len(lengths[0]):
+                return None
+            try:
+                lls, greedy = zip(*responses, strict=True)
+            except (TypeError, ValueError):
+                return None
+            if not all(type(ll) is float and ll == ll for ll in lls):  # floats, no NaN
+                return None
+            chars, nbytes = lengths
+            per_char = [ll / n for ll, n in zip(lls, chars, strict=True)]
+            per_byte = [ll / n for ll, n in zip(lls, nbytes, strict=True)]
+            # numpy.argmax: the first of the largest
+            best = (lls.index(max(lls)), per_char.index(max(per_char)), per_byte.index(max(per_byte)))
+            return (filter_key, doc_id, best, greedy)
+        if all(type(r) is str for r in responses):
+            return (filter_key, doc_id, *responses)
+        return None
+
+    def metrics(self, doc_id: int, doc: Any, filter_key: str, responses: list) -> dict[str, Any]:
+        """task.process_results, remembered where its inputs repeat across weights (see _memo_key)."""
+        key = self._memo_key(doc_id, filter_key, responses)
+        if key is None:
+            return self.task.process_results(doc, responses)
+        found = self.memo.get(key)
+        if found is None:
+            if len(self.memo) >= MEMO_PER_DOCUMENT * max(1, len(self.docs)):
+                self.memo.clear()
+            found = self.memo[key] = self.task.process_results(doc, responses)
+        return found
+
+
 @dataclass
 class TaskSet:
     """lm-eval Task objects for one suite split; `lock` serialises evaluations, which mutate them."""
@@ -56,39 +151,116 @@ class TaskSet:
     fingerprints: tuple[str, ...]
     tasks: dict[str, Any]
     lock: threading.Lock = field(default_factory=threading.Lock)
+    prepared: dict[str, PreparedTask] = field(default_factory=dict)
+
+    def prepare(self, name: str, *, seed: int, limit: int | None) -> PreparedTask:
+        """The task's documents and requests (built on first use; the caller holds `lock`)."""
+        if name not in self.prepared:
+            task = self.tasks[name]
+            task.set_fewshot_seed(seed=seed)
+            self.prepared[name] = PreparedTask.build(task, limit=limit)
+        return self.prepared[name]
+
+
+def evaluate_prepared(
+    lm: Any, tasks: dict[str, PreparedTask], *, bootstrap_iters: int
+) -> dict[str, tuple[dict[str, Any], int, dict[tuple[str, str], list]]]:
+    """What lm-eval's evaluate() does with built requests: run the model on all of them, apply the
+    filters, score each document and aggregate. Per task: (metrics as in lm-eval's results, the
+    number of documents, and each (metric, filter)'s per-document values in document order)."""
+    from lm_eval.evaluator_utils import _compute_task_aggregations  # evaluate()'s own aggregation
+
+    by_type: dict[str, list[Any]] = {}
+    for prepared in tasks.values():
+        for instance in prepared.task.instances:
+            instance.resps, instance.filtered_resps = [], {}
+            by_type.setdefault(instance.request_type, []).extend([instance] * instance.repeats)
+    for request_type, instances in by_type.items():
+        for response, instance in zip(getattr(lm, request_type)(instances), instances, strict=True):
+            instance.resps.append(response)
+    out = {}
+    for name, prepared in tasks.items():
+        prepared.task.apply_filters()
+        raw: dict[tuple[str, str], list] = {}
+        for filter_key in prepared.task.instances[0].filtered_resps:
+            for (doc_id, doc), instances in zip(prepared.docs, prepared.requests, strict=True):
+                responses = [i.filtered_resps[filter_key] for i in instances]
+                for metric, value in prepared.metrics(doc_id, doc, filter_key, responses).items():
+                    raw.setdefault((metric, filter_key), []).append(value)
+        metrics, n = _compute_task_aggregations(prepared.task, raw, bootstrap_iters)
+        out[name] = (metrics, n, raw)
+    return out
 
 
 _task_sets: dict[tuple, TaskSet] = {}
+_fingerprints: dict[tuple, tuple[tuple, tuple[str, ...]]] = {}  # suite split -> (files stamp, fingerprints)
 _managers: dict[None, Any] = {}
 _build_lock = threading.Lock()
 
 
-@cache
-def quiet_hflm_class() -> type:
-    """HFLM that can hide its progress bars (evaluate() never asks) and times its model requests."""
-    from lm_eval.models.huggingface import HFLM
+def _walk(folder: str) -> list[tuple[str, int, int]]:
+    """(path, size, mtime) of the files under a folder, in a stable order."""
+    found = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_dir():
+            found += _walk(entry.path)
+        elif entry.is_file():
+            st = entry.stat()
+            found.append((entry.path, st.st_size, st.st_mtime_ns))
+    return found
 
-    class QuietHFLM(HFLM):
-        show_progress = False
-        request_seconds = 0.0  # wall time inside loglikelihood / generate_until: the model's share
 
-        def _timed(self, method: Any, requests: list, disable_tqdm: bool) -> list:
-            started = time.perf_counter()
-            try:
-                return method(requests, disable_tqdm=disable_tqdm or not self.show_progress)
-            finally:
-                self.request_seconds += time.perf_counter() - started
+def _files_stamp(include_path: str | None) -> tuple | None:
+    """(path, size, mtime) of every file a task fingerprint of the folder reads (None: cannot tell).
 
-        def loglikelihood(self, requests: list, disable_tqdm: bool = False) -> list:
-            return self._timed(super().loglikelihood, requests, disable_tqdm)
+    The files under include_path (YAMLs, Python helpers) and those its YAMLs name (includes, data
+    files, local dataset folders), as evaluators.task_files._config_content reads them: fingerprints
+    are recomputed only when one of these changes, which costs stat calls instead of hashing.
+    """
+    if not include_path:
+        return ()
+    if not os.path.isdir(include_path):
+        return None
+    stamp = _walk(include_path)
+    yamls = [p for p, _, _ in stamp if p.endswith(".yaml")]
+    seen: set[str] = set()
+    while yamls:
+        path = yamls.pop()
+        if path in seen:
+            continue
+        seen.add(path)
+        cfg = read_task_yaml(Path(path))
+        kwargs = cfg.get("dataset_kwargs")
+        files = kwargs.get("data_files") if isinstance(kwargs, dict) else None
+        named = [*_strings(cfg.get("include")), *_strings(cfg.get("dataset_path"))]
+        for refs in files.values() if isinstance(files, dict) else [files]:
+            named += _strings(refs)
+        folder = os.path.dirname(path)
+        for ref in named:
+            if not ref.strip() or ref.strip() == ".":
+                continue
+            here = os.path.expanduser(ref)
+            for candidate in dict.fromkeys((here, os.path.join(folder, here))):
+                try:
+                    st = os.stat(candidate)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stamp += _walk(candidate)
+                    continue
+                stamp.append((candidate, st.st_size, st.st_mtime_ns))
+                if candidate.endswith(".yaml"):  # an include: what it names and its folder's helpers
+                    yamls.append(candidate)
+                    stamp += [f for f in _walk(os.path.dirname(candidate)) if f[0].endswith(".py")]
+    return tuple(stamp)
 
-        def loglikelihood_rolling(self, requests: list, disable_tqdm: bool = False) -> list:
-            return self._timed(super().loglikelihood_rolling, requests, disable_tqdm)
 
-        def generate_until(self, requests: list, disable_tqdm: bool = False) -> list:
-            return self._timed(super().generate_until, requests, disable_tqdm)
-
-    return QuietHFLM
+def _strings(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list):
+        return [v for v in value if isinstance(v, str)]
+    return []
 
 
 def _task_manager(include_path: str | None) -> Any:
@@ -141,23 +313,32 @@ def _build_task(manager: Any, suite: SuiteSpec, spec: TaskSpec, split: Split) ->
     return task
 
 
-def _read_score(spec: TaskSpec, results: dict[str, Any]) -> TaskScore:
-    res = results["results"].get(spec.name, {})
-    if spec.metric not in res:
-        produced = [k for k in res if "," in k and "_stderr," not in k]
+def _read_score(
+    spec: TaskSpec, metrics: dict[str, Any], n: int, raw: dict[tuple[str, str], list], *, samples: bool
+) -> TaskScore:
+    if spec.metric not in metrics:
+        produced = [k for k in metrics if "," in k and "_stderr," not in k]
         raise EvaluationError(
             f"task {spec.name!r} produced no metric {spec.metric!r} "
             f"(it produced: {', '.join(produced) or 'none'})"
         )
     name, _, filt = spec.metric.partition(",")
-    stderr = res.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
-    n = results.get("n-samples", {}).get(spec.name, {}).get("effective")
+    stderr = metrics.get(f"{name}_stderr,{filt}" if filt else f"{name}_stderr")
+    per_doc = None
+    if samples:
+        values = raw.get((name, filt or "none"), [])
+        if not all(isinstance(v, int | float) for v in values):
+            raise EvaluationError(
+                f"task {spec.name!r}: metric {spec.metric!r} has no numeric value per document"
+            )
+        per_doc = tuple(float(v) for v in values)
     return TaskScore(
         task=spec.name,
         metric=spec.metric,
-        value=float(res[spec.metric]),
+        value=float(metrics[spec.metric]),
         stderr=float(stderr) if isinstance(stderr, int | float) else None,
-        n=int(n) if n is not None else None,
+        n=n,
+        samples=per_doc,
     )
 
 
@@ -183,14 +364,25 @@ class LmEvalEvaluator(TaskEvaluator):
 
     @property
     def version(self) -> str:
-        return f"1+lm_eval-{lm_eval_version()}"
+        return f"2+lm_eval-{lm_eval_version()}"
 
     def task_fingerprint(self, suite: SuiteSpec, task: TaskSpec, split: Split) -> str:
         return task_fingerprint(suite, task.name, split, lm_eval_version=lm_eval_version())
 
+    def suite_fingerprints(self, suite: SuiteSpec, split: Split) -> tuple[str, ...]:
+        """task_fingerprint of every task of the suite, recomputed only when its files change."""
+        key = (suite.include_path, suite.split_name(split), tuple(t.name for t in suite.tasks))
+        stamp = _files_stamp(suite.include_path)
+        found = _fingerprints.get(key)
+        if stamp is None or found is None or found[0] != stamp:
+            found = (stamp, tuple(self.task_fingerprint(suite, t, split) for t in suite.tasks))
+            if stamp is not None:
+                _fingerprints[key] = found
+        return found[1]
+
     def task_set(self, suite: SuiteSpec, split: Split) -> TaskSet:
         """The suite's lm-eval tasks for `split`, built on first use in this process and then reused."""
-        fingerprints = tuple(self.task_fingerprint(suite, t, split) for t in suite.tasks)
+        fingerprints = self.suite_fingerprints(suite, split)
         key = (
             suite.include_path,
             suite.split_name(split),
@@ -219,47 +411,43 @@ class LmEvalEvaluator(TaskEvaluator):
         *,
         tasks: Sequence[TaskSpec] | None = None,
         progress: Progress | None = None,
+        samples: bool = False,
     ) -> dict[str, TaskScore]:
-        """Score an in-memory transformers model (on its own device) on `tasks` (default: all)."""
+        """Score an in-memory transformers model (on its own device) on `tasks` (default: all).
+
+        samples: also give each task's per-document metric values (TaskScore.samples, in document
+        order), e.g. for paired bootstrap confidence intervals.
+        """
+        from evaluators.batched_lm import BatchedLM
+
         task_set = self.task_set(suite, split)
         specs = list(tasks if tasks is not None else suite.tasks)
         model.eval()
-        lm = quiet_hflm_class()(pretrained=model, tokenizer=tokenizer, batch_size=self.batch_size)
-        lm.show_progress = self.show_progress
-        # one lm-eval run for all tasks batches best; one per task when a progress bar is shown
+        lm = BatchedLM(model, tokenizer, batch_size=self.batch_size, show_progress=self.show_progress)
+        # one run for all tasks batches best; one per task when progress is reported
         runs = [[s] for s in specs] if progress else [specs]
         scores: dict[str, TaskScore] = {}
         with task_set.lock:
             for run in runs:
-                for s in run:
-                    task_set.tasks[s.name].set_fewshot_seed(seed=suite.seed)
-                results = self._run(lm, {s.name: task_set.tasks[s.name] for s in run}, limit=suite.limit)
-                scores.update({s.name: _read_score(s, results) for s in run})
+                prepared = {s.name: task_set.prepare(s.name, seed=suite.seed, limit=suite.limit) for s in run}
+                results = self._run(lm, prepared)
+                scores.update({s.name: _read_score(s, *results[s.name], samples=samples) for s in run})
                 if progress:
                     progress(len(run))
         self.last_request_seconds = lm.request_seconds
         log.debug("%s: %.3f s in model requests", ", ".join(scores), lm.request_seconds)
         return scores
 
-    def _run(self, lm: Any, tasks: dict[str, Any], *, limit: int | None) -> dict[str, Any]:
-        """One lm-eval evaluate() over prebuilt tasks: the only place the model runs."""
-        from lm_eval.evaluator import evaluate
-
+    def _run(
+        self, lm: Any, tasks: dict[str, PreparedTask]
+    ) -> dict[str, tuple[dict[str, Any], int, dict[tuple[str, str], list]]]:
+        """The model on the prepared tasks' requests, then lm-eval's metrics: the only place it runs."""
         try:
-            results = evaluate(
-                lm=lm,
-                task_dict={"tasks": tasks, "groups": {}},
-                limit=limit,
-                bootstrap_iters=self.bootstrap_iters,
-                log_samples=False,
-            )
+            return evaluate_prepared(lm, tasks, bootstrap_iters=self.bootstrap_iters)
         except EvaluationError:
             raise
         except Exception as e:
             raise EvaluationError(f"lm-eval failed on task(s) {', '.join(tasks)}: {first_line(e)}") from e
-        if results is None:
-            raise EvaluationError("lm-eval returned no results (not rank 0 of a distributed run)")
-        return results
 
     def load_checkpoint(self, folder: Path) -> tuple[Any, Any]:
         """Model and tokenizer of a checkpoint folder, loaded offline onto this evaluator's device."""

@@ -37,6 +37,14 @@ class Settings(BaseSettings):
         description="Optuna's own database for studies; default: SQLite at data_dir/optuna.sqlite",
     )
 
+    broker_url: str = Field(
+        "redis://127.0.0.1:6379/0", description="Celery broker (Redis) for the service's queues"
+    )
+    visibility_timeout: int = Field(
+        6 * 3600, ge=60, description="seconds before Redis redelivers an unacknowledged task (> longest task)"
+    )
+    worker_heartbeat_seconds: int = Field(60, ge=5, description="a worker seen within this is alive")
+
     def app_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""
         return self.database_url or f"sqlite:///{self.data_dir / 'soce.sqlite'}"

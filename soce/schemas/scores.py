@@ -24,6 +24,9 @@ class TaskScore(BaseModel):
     stderr: float | None = None
     n: int | None = None
     cached: bool = Field(False, description="read from the score cache instead of evaluated")
+    samples: tuple[float, ...] | None = Field(
+        None, description="per-document values of the metric in document order, when asked for (never cached)"
+    )
 
 
 class CategoryScore(BaseModel):
