@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
-from soce.db.models import Score
+from soce.db.models import JOB_FINISHED_STATES, JOB_STATES, Candidate, CandidateTag, Job, Score, Suite
 
 _FIELDS = [c.key for c in Score.__table__.columns if c.key not in ("id", "created_at")]
 
@@ -45,3 +47,96 @@ def delete_scores(*, session: Session, checkpoint_hash: str) -> int:
     for row in rows:
         session.delete(row)
     return len(rows)
+
+
+# --- the service's registry and jobs (used by the API) ------------------------------------------
+
+
+def get_candidate_by_path(*, session: Session, path: str) -> Candidate | None:
+    """The candidate registered for this (resolved) folder path, if any."""
+    return session.scalar(select(Candidate).where(Candidate.path == path).order_by(Candidate.id).limit(1))
+
+
+def list_candidates(*, session: Session, tag: str | None = None) -> list[Candidate]:
+    """Registered candidates, oldest first; with `tag`, only those carrying it."""
+    query = select(Candidate).order_by(Candidate.id)
+    if tag is not None:
+        query = query.join(CandidateTag).where(CandidateTag.tag == tag)
+    return list(session.scalars(query))
+
+
+def get_candidates(*, session: Session, ids: Collection[int]) -> list[Candidate]:
+    """The candidates with these ids, by id; ids not registered are absent."""
+    if not ids:
+        return []
+    return list(session.scalars(select(Candidate).where(Candidate.id.in_(list(ids))).order_by(Candidate.id)))
+
+
+def get_suite_by_hash(*, session: Session, content_hash: str) -> Suite | None:
+    return session.scalar(select(Suite).where(Suite.content_hash == content_hash))
+
+
+def get_job_by_idempotency_key(*, session: Session, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.idempotency_key == key))
+
+
+def create_job(
+    *,
+    session: Session,
+    name: str,
+    suite: Suite,
+    candidates: Sequence[Candidate],
+    recipe: dict[str, Any],
+    idempotency_key: str | None = None,
+) -> Job:
+    """A new job in state queued (flushed, not committed: the caller commits, then enqueues)."""
+    job = Job(
+        name=name,
+        suite=suite,
+        candidates=list(candidates),
+        recipe=recipe,
+        state="queued",
+        progress={},
+        timings={},
+        idempotency_key=idempotency_key,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def list_jobs(
+    *, session: Session, state: str | None = None, name: str | None = None, limit: int = 50, offset: int = 0
+) -> tuple[list[Job], int]:
+    """A page of jobs, newest first, and how many match in all; `name` matches a substring, any case."""
+    where = []
+    if state is not None:
+        where.append(Job.state == state)
+    if name is not None:
+        where.append(func.lower(Job.name).contains(name.lower(), autoescape=True))
+    total = session.scalar(select(func.count()).select_from(Job).where(*where)) or 0
+    rows = session.scalars(select(Job).where(*where).order_by(Job.id.desc()).limit(limit).offset(offset))
+    return list(rows), total
+
+
+def count_jobs_by_state(*, session: Session) -> dict[str, int]:
+    """How many jobs are in each state; every state is present, with 0 when none is."""
+    counts = dict.fromkeys(JOB_STATES, 0)
+    for state, n in session.execute(select(Job.state, func.count()).group_by(Job.state)):
+        counts[state] = n
+    return counts
+
+
+def cancel_job(*, session: Session, job_id: int, now: datetime | None = None) -> bool:
+    """Mark a job cancelled unless it has finished; one conditional UPDATE, so a racing worker loses cleanly.
+
+    Returns whether this call cancelled it. The workers check the state before each step and trial.
+    """
+    now = now or datetime.now(UTC)
+    result = session.execute(
+        update(Job)
+        .where(Job.id == job_id, Job.state.not_in(JOB_FINISHED_STATES))
+        .values(state="cancelled", finished_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount == 1

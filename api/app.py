@@ -1,0 +1,44 @@
+"""The app factory (`uvicorn --factory api.app:create_app`): settings, engine, broker, routes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api.broker import JobQueue
+from api.errors import install_error_handlers
+from api.optuna_tables import OptunaTables
+from api.routes import candidates, health, jobs, soups, suites
+from soce import __version__
+from soce.config import Settings, get_settings
+from soce.db.engine import get_engine
+
+DESCRIPTION = """Soup of Category Experts as a service: register checkpoints and suites, submit jobs that
+the workers run (score, analyse, search, finalize), read trials, soups and reports. Reads are open;
+writes need `Authorization: Bearer <key>` with a read-write key from `soce apikey create`."""
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A new app on `settings` (default: the environment's); nothing connects until a request needs it."""
+    settings = settings or get_settings()
+    queue = JobQueue(settings.broker_url, visibility_timeout=settings.visibility_timeout)
+    optuna = OptunaTables(settings.optuna_url())
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        yield
+        queue.close()
+        optuna.close()
+
+    app = FastAPI(title="SoCE", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.engine = get_engine(settings.app_database_url())
+    app.state.queue = queue
+    app.state.optuna = optuna
+    app.state.worker_probe = lambda: queue.workers(timeout=health.WORKER_PING_SECONDS)
+    install_error_handlers(app)
+    for module in (candidates, suites, jobs, soups, health):
+        app.include_router(module.router)
+    return app

@@ -1,0 +1,237 @@
+"""Jobs: created queued, enqueued by task name after the commit; read back with the workers' results."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from sqlalchemy.exc import IntegrityError
+
+from api.auth import Writer
+from api.deps import OptunaDep, QueueDep, SessionDep
+from api.errors import invalid, not_found
+from api.schemas import (
+    CandidateBrief,
+    JobCreate,
+    JobDetail,
+    JobPage,
+    JobPublic,
+    JobState,
+    SoupBrief,
+    SuiteBrief,
+    TrialPage,
+    TrialPublic,
+)
+from soce.db import crud
+from soce.db.models import Job, Suite
+from soce.errors import SoceError
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+IdempotencyKey = Annotated[
+    str | None,
+    Header(
+        alias="Idempotency-Key",
+        max_length=255,
+        description="a retry with the same key returns the job the first request created",
+    ),
+]
+
+
+def _same_request(job: Job, body: JobCreate, candidate_ids: list[int]) -> bool:
+    return (
+        job.suite_id == body.suite_id
+        and [c.id for c in job.candidates] == candidate_ids
+        and dict(job.recipe) == body.search_settings()
+    )
+
+
+def _replay(job: Job, body: JobCreate, candidate_ids: list[int], key: str, response: Response) -> JobPublic:
+    if not _same_request(job, body, candidate_ids):
+        raise HTTPException(
+            status.HTTP_409_CONFLICT,
+            f"Idempotency-Key {key!r} was used for job {job.id} with a different request; use a new key",
+        )
+    response.status_code = status.HTTP_200_OK
+    return JobPublic.of(job)
+
+
+@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+def create_job(
+    body: JobCreate,
+    session: SessionDep,
+    queue: QueueDep,
+    response: Response,
+    _key: Writer,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Store a job in state queued, then send `soce.job.start` to the cpu queue (201; a replay is 200)."""
+    suite = session.get(Suite, body.suite_id)
+    if suite is None:
+        raise invalid(["body", "suite_id"], f"suite {body.suite_id} does not exist", "not_found")
+    if body.candidate_ids is not None:
+        candidates = crud.get_candidates(session=session, ids=body.candidate_ids)
+        unknown = sorted(set(body.candidate_ids) - {c.id for c in candidates})
+        if unknown:
+            raise invalid(
+                ["body", "candidate_ids"],
+                f"candidate(s) {', '.join(map(str, unknown))} are not registered",
+                "not_found",
+            )
+        loc: list[str | int] = ["body", "candidate_ids"]
+    else:
+        candidates = crud.list_candidates(session=session, tag=body.tag)
+        loc = ["body", "tag"]
+        if len(candidates) < 2:
+            raise invalid(
+                loc, f"tag {body.tag!r} marks {len(candidates)} candidate(s); a soup needs 2 or more"
+            )
+    failed = [f"{c.id} ({c.error})" for c in candidates if c.error]
+    if failed:
+        raise invalid(loc, f"candidate(s) cannot be used: {'; '.join(failed)}")
+    ids = [c.id for c in candidates]
+
+    if idempotency_key is not None:
+        earlier = crud.get_job_by_idempotency_key(session=session, key=idempotency_key)
+        if earlier is not None:
+            return _replay(earlier, body, ids, idempotency_key, response)
+    job = crud.create_job(
+        session=session,
+        name=body.name,
+        suite=suite,
+        candidates=candidates,
+        recipe=body.search_settings(),
+        idempotency_key=idempotency_key,
+    )
+    try:
+        session.commit()
+    except IntegrityError:  # a concurrent retry with the same key committed first
+        session.rollback()
+        earlier = crud.get_job_by_idempotency_key(session=session, key=idempotency_key or "")
+        if earlier is None:
+            raise
+        return _replay(earlier, body, ids, idempotency_key or "", response)
+
+    try:
+        queue.start_job(job.id)
+    except Exception as e:  # broker down: the job must not sit queued with no message behind it
+        log.error("job %d could not be enqueued: %s", job.id, e)
+        job.state, job.error = "failed", f"could not be enqueued ({type(e).__name__}: {e})"
+        session.commit()
+        raise HTTPException(
+            status.HTTP_503_SERVICE_UNAVAILABLE,
+            f"job {job.id} was stored but the queue at the broker is unreachable; it is marked failed, "
+            "submit it again (with a new Idempotency-Key) when the broker is back",
+        ) from None
+    return JobPublic.of(job)
+
+
+@router.get("", response_model=JobPage)
+def list_jobs(
+    session: SessionDep,
+    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    name: Annotated[str | None, Query(min_length=1, description="only jobs whose name contains this")] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> JobPage:
+    """Jobs, newest first, a page at a time, with the total number that match."""
+    rows, total = crud.list_jobs(session=session, state=state, name=name, limit=limit, offset=offset)
+    return JobPage(items=[JobPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
+
+
+def _get_job(session: SessionDep, job_id: int) -> Job:
+    job = session.get(Job, job_id)
+    if job is None:
+        raise not_found(f"job {job_id}")
+    return job
+
+
+def _from_analysis(analysis: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if key in analysis:
+            return analysis[key]
+    return None
+
+
+@router.get("/{job_id}", response_model=JobDetail)
+def get_job(job_id: int, session: SessionDep, optuna: OptunaDep) -> JobDetail:
+    """A job with everything the workers recorded: progress, analysis, best trial and the latest soup."""
+    job = _get_job(session, job_id)
+    analysis = dict(job.analysis) if job.analysis is not None else None
+    best = _from_analysis(analysis or {}, "best_trial")
+    if best is None and job.study_name:
+        try:
+            best = optuna.best_trial(job.study_name)
+        except SoceError as e:  # the job is still worth showing without it
+            log.warning("job %d: best trial unavailable: %s", job.id, e)
+    soup = job.soups[-1] if job.soups else None
+    return JobDetail(
+        **JobPublic.fields_of(job),
+        recipe=dict(job.recipe),
+        suite=SuiteBrief(id=job.suite.id, name=job.suite.name),
+        candidates=[
+            CandidateBrief(id=c.id, name=c.name, path=c.path, content_hash=c.content_hash)
+            for c in job.candidates
+        ],
+        timings=dict(job.timings or {}),
+        study_name=job.study_name,
+        analysis=analysis,
+        score_matrix=_from_analysis(analysis or {}, "score_matrix", "scores", "dev_scores"),
+        correlations=_from_analysis(analysis or {}, "correlations", "correlation"),
+        experts=_from_analysis(analysis or {}, "experts"),
+        best_trial=best,
+        soup=None
+        if soup is None
+        else SoupBrief(
+            id=soup.id,
+            path=soup.path,
+            content_hash=soup.content_hash,
+            weights=dict(soup.weights or {}),
+            scores=dict(soup.scores or {}),
+        ),
+    )
+
+
+@router.get("/{job_id}/trials", response_model=TrialPage)
+def list_trials(
+    job_id: int,
+    session: SessionDep,
+    optuna: OptunaDep,
+    state: Annotated[
+        str | None,
+        Query(pattern="^(?i:running|complete|pruned|fail|waiting)$", description="only trials in this state"),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> TrialPage:
+    """The job's Optuna trials by number, read from Optuna's own database."""
+    job = _get_job(session, job_id)
+    found = optuna.study(job.study_name) if job.study_name else None
+    if found is None:  # no search has started yet
+        return TrialPage(
+            study_name=job.study_name, directions=[], items=[], total=0, limit=limit, offset=offset
+        )
+    study_id, directions = found
+    items, total = optuna.trials(study_id, state=state, limit=limit, offset=offset)
+    return TrialPage(
+        study_name=job.study_name,
+        directions=directions,
+        items=[TrialPublic(**t) for t in items],
+        total=total,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.post("/{job_id}/cancel", response_model=JobPublic)
+def cancel_job(job_id: int, session: SessionDep, _key: Writer) -> JobPublic:
+    """Mark an unfinished job cancelled (the workers stop at their next check); 409 if it has finished."""
+    job = _get_job(session, job_id)
+    cancelled = crud.cancel_job(session=session, job_id=job_id)
+    session.commit()
+    session.refresh(job)
+    if not cancelled:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"job {job_id} has already finished ({job.state})")
+    return JobPublic.of(job)

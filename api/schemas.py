@@ -1,0 +1,271 @@
+"""Request and response bodies: input models (`...Create`) apart from output models (`...Public`)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+
+from soce.db.models import JOB_STATES, Candidate, Job, Soup, Suite
+from soce.schemas.run import RunRecipe
+from soce.schemas.suite import SuiteSpec
+
+Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+
+
+# --- candidates ------------------------------------------------------------------------------
+class CandidateCreate(BaseModel):
+    """Checkpoint folders on the server to register; each is opened and checked before it is stored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    paths: list[str] = Field(min_length=1, max_length=1000, description="model folders on the server")
+    tags: list[Tag] = Field(default_factory=list, description="tags given to every folder registered")
+
+
+class CandidatePublic(BaseModel):
+    id: int
+    name: str
+    path: str
+    content_hash: str | None = Field(description="null while the background hashing runs")
+    hashing: bool = Field(description="true until content_hash (or error) is set")
+    architecture: dict[str, Any] | None
+    size_bytes: int | None
+    error: str | None
+    tags: list[str]
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Candidate) -> CandidatePublic:
+        return cls(
+            id=row.id,
+            name=row.name,
+            path=row.path,
+            content_hash=row.content_hash,
+            hashing=row.content_hash is None and row.error is None,
+            architecture=row.architecture,
+            size_bytes=row.size_bytes,
+            error=row.error,
+            tags=list(row.tags),
+            created_at=row.created_at,
+        )
+
+
+# --- suites ----------------------------------------------------------------------------------
+class SuiteCreate(BaseModel):
+    """A suite given inline (`spec`) or as the path of a suite YAML on the server (`path`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    spec: SuiteSpec | None = None
+    path: str | None = Field(None, min_length=1, description="a suite YAML readable by the server")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SuiteCreate:
+        if (self.spec is None) == (self.path is None):
+            raise ValueError("give exactly one of 'spec' (the suite itself) or 'path' (a suite YAML)")
+        return self
+
+
+class SuitePublic(BaseModel):
+    id: int
+    name: str
+    content_hash: str
+    spec: dict[str, Any]
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Suite) -> SuitePublic:
+        return cls(
+            id=row.id, name=row.name, content_hash=row.content_hash, spec=row.spec, created_at=row.created_at
+        )
+
+
+# --- jobs ------------------------------------------------------------------------------------
+# The RunRecipe fields a job takes from its request: candidates and suite come by id, output is the
+# workers' business.
+SEARCH_FIELDS = tuple(n for n in RunRecipe.model_fields if n not in ("candidates", "suite", "output"))
+
+
+class JobCreate(BaseModel):
+    """A SoCE run over registered candidates (by id or by tag) and a stored suite, with search settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    candidate_ids: list[int] | None = Field(None, min_length=2, description="registered candidate ids")
+    tag: Tag | None = Field(None, description="every candidate carrying this tag, instead of candidate_ids")
+    suite_id: int = Field(description="a stored suite's id")
+    # the search settings: RunRecipe's own fields, with its defaults and bounds
+    name: str = RunRecipe.model_fields["name"]
+    evaluator: Literal["lm_eval"] = RunRecipe.model_fields["evaluator"]
+    batch_size: int | None = RunRecipe.model_fields["batch_size"]
+    correlation: Literal["pearson", "spearman"] = RunRecipe.model_fields["correlation"]
+    tau: float = RunRecipe.model_fields["tau"]
+    absolute: bool = RunRecipe.model_fields["absolute"]
+    max_experts: int | None = RunRecipe.model_fields["max_experts"]
+    sampler: Literal["grid", "tpe", "cmaes", "nsga2"] = RunRecipe.model_fields["sampler"]
+    n_trials: int | None = RunRecipe.model_fields["n_trials"]
+    parallel_trials: int = RunRecipe.model_fields["parallel_trials"]
+    space: Literal["simplex", "layerwise"] = RunRecipe.model_fields["space"]
+    layer_groups: int = RunRecipe.model_fields["layer_groups"]
+    pruning: bool = RunRecipe.model_fields["pruning"]
+    greedy_strict: bool = RunRecipe.model_fields["greedy_strict"]
+    seed: int = RunRecipe.model_fields["seed"]
+    bootstrap_iterations: int = RunRecipe.model_fields["bootstrap_iterations"]
+    confidence: float = RunRecipe.model_fields["confidence"]
+    dtype: Literal["float32", "bfloat16", "float16"] | None = RunRecipe.model_fields["dtype"]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> JobCreate:
+        if (self.candidate_ids is None) == (self.tag is None):
+            raise ValueError("give exactly one of 'candidate_ids' or 'tag'")
+        if self.candidate_ids is not None and len(set(self.candidate_ids)) != len(self.candidate_ids):
+            raise ValueError("candidate_ids lists a candidate more than once")
+        try:  # RunRecipe's own cross-field rules (grid with layerwise, nsga2 with pruning)
+            RunRecipe.model_validate({"candidates": ["-"], "suite": "-", **self.search_settings()})
+        except ValidationError as e:
+            raise ValueError(
+                "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
+            ) from None
+        return self
+
+    def search_settings(self) -> dict[str, Any]:
+        """The recipe stored on the job: RunRecipe's fields but candidates, suite and output."""
+        return {n: getattr(self, n) for n in SEARCH_FIELDS}
+
+
+class JobPublic(BaseModel):
+    id: int
+    name: str
+    state: str
+    suite_id: int
+    candidate_ids: list[int]
+    progress: dict[str, Any]
+    error: str | None
+    created_at: datetime | None
+    updated_at: datetime | None
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def fields_of(cls, row: Job) -> dict[str, Any]:
+        return {
+            "id": row.id,
+            "name": row.name,
+            "state": row.state,
+            "suite_id": row.suite_id,
+            "candidate_ids": [c.id for c in row.candidates],
+            "progress": dict(row.progress or {}),
+            "error": row.error,
+            "created_at": row.created_at,
+            "updated_at": row.updated_at,
+            "started_at": row.started_at,
+            "finished_at": row.finished_at,
+        }
+
+    @classmethod
+    def of(cls, row: Job) -> JobPublic:
+        return cls(**cls.fields_of(row))
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class CandidateBrief(BaseModel):
+    id: int
+    name: str
+    path: str
+    content_hash: str | None
+
+
+class SuiteBrief(BaseModel):
+    id: int
+    name: str
+
+
+class SoupBrief(BaseModel):
+    id: int
+    path: str
+    content_hash: str | None
+    weights: dict[str, Any]
+    scores: dict[str, Any]
+
+
+class JobDetail(JobPublic):
+    recipe: dict[str, Any]
+    suite: SuiteBrief
+    candidates: list[CandidateBrief]
+    timings: dict[str, Any]
+    study_name: str | None
+    analysis: dict[str, Any] | None = Field(description="everything the analysis step recorded")
+    score_matrix: Any = Field(None, description="dev scores, candidates x categories (from analysis)")
+    correlations: Any = Field(None, description="correlations between categories (from analysis)")
+    experts: Any = Field(None, description="the category experts chosen (from analysis)")
+    best_trial: dict[str, Any] | None = None
+    soup: SoupBrief | None = None
+
+
+# --- trials, soups, health -------------------------------------------------------------------
+class TrialPublic(BaseModel):
+    number: int
+    state: str
+    values: list[float | None] | None
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    duration_seconds: float | None
+
+
+class TrialPage(BaseModel):
+    study_name: str | None
+    directions: list[str]
+    items: list[TrialPublic]
+    total: int
+    limit: int
+    offset: int
+
+
+class SoupPublic(SoupBrief):
+    job_id: int | None
+    lineage: dict[str, Any]
+    created_at: datetime | None
+    card: str | None = Field(description="the soup folder's README.md (model card); null if unreadable")
+    recipe: str | None = Field(description="the soup folder's soce_recipe.yml; null if unreadable")
+
+    @classmethod
+    def of(cls, row: Soup, *, card: str | None, recipe: str | None) -> SoupPublic:
+        return cls(
+            id=row.id,
+            job_id=row.job_id,
+            path=row.path,
+            content_hash=row.content_hash,
+            weights=dict(row.weights or {}),
+            scores=dict(row.scores or {}),
+            lineage=dict(row.lineage or {}),
+            created_at=row.created_at,
+            card=card,
+            recipe=recipe,
+        )
+
+
+class ComponentHealth(BaseModel):
+    ok: bool
+    detail: str
+
+
+class WorkersHealth(ComponentHealth):
+    names: list[str] = Field(default_factory=list)
+
+
+class Health(BaseModel):
+    status: Literal["ok", "degraded", "down"]
+    database: ComponentHealth
+    redis: ComponentHealth
+    workers: WorkersHealth
