@@ -508,7 +508,6 @@ def apikey_revoke(
     typer.echo(f"revoked API key {name!r} ({revoked_at:%Y-%m-%d %H:%M} UTC)")
 
 
-
 # --- soce worker: a Celery worker of the service (workers.celery_app) -------------------------------
 WORKER_QUEUES = ("gpu", "cpu")
 
