@@ -2,7 +2,8 @@
 
 The key is (checkpoint content hash, task spec hash, evaluator name and version, limit, few-shot,
 seed, metric). A full hit opens the checkpoint's header, reads its remembered tensor digests and
-queries the database: no model, torch or lm-eval is touched.
+queries the database: no model, torch or lm-eval is touched. Per-document values
+(TaskScore.samples) are never stored: a score read from the cache has none.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import Engine
+from sqlalchemy import Engine, Row, select
 
 from soce.checkpoints import Checkpoint, checkpoint_hash
-from soce.db import Score, add_scores, get_scores, session_scope
+from soce.db import Score, add_scores, session_scope
 from soce.schemas.scores import SuiteScores, TaskScore
 from soce.schemas.suite import Split, SuiteSpec, TaskSpec, canonical_hash
 
@@ -24,7 +25,10 @@ log = logging.getLogger(__name__)
 
 
 class TaskScorer(Protocol):
-    """What the cache needs from an evaluator (evaluators.TaskEvaluator is one)."""
+    """What the cache needs from an evaluator (evaluators.TaskEvaluator is one).
+
+    A scorer may also offer `suite_fingerprints(suite, split)`, every task's fingerprint at once.
+    """
 
     name: str
 
@@ -60,12 +64,21 @@ class ScoreKey:
         return canonical_hash(asdict(self))
 
 
+def task_fingerprints(scorer: TaskScorer, suite: SuiteSpec, split: Split) -> list[str]:
+    """Every task's fingerprint, in one call where the scorer offers it (one check of the files)."""
+    all_at_once = getattr(scorer, "suite_fingerprints", None)
+    if all_at_once is not None:
+        return list(all_at_once(suite, split))
+    return [scorer.task_fingerprint(suite, t, split) for t in suite.tasks]
+
+
 def score_keys(scorer: TaskScorer, ckpt_hash: str, suite: SuiteSpec, split: Split) -> dict[str, ScoreKey]:
     """The cache key of every task of the suite for one checkpoint content."""
+    fingerprints = task_fingerprints(scorer, suite, split)
     return {
         t.name: ScoreKey(
             checkpoint_hash=ckpt_hash,
-            task_spec_hash=scorer.task_fingerprint(suite, t, split),
+            task_spec_hash=fingerprint,
             evaluator=scorer.name,
             evaluator_version=scorer.version,
             limit=suite.limit,
@@ -73,8 +86,22 @@ def score_keys(scorer: TaskScorer, ckpt_hash: str, suite: SuiteSpec, split: Spli
             seed=suite.seed,
             metric=t.metric,
         )
-        for t in suite.tasks
+        for t, fingerprint in zip(suite.tasks, fingerprints, strict=True)
     }
+
+
+def stored_scores(engine: Engine | None, digests: list[str]) -> dict[str, Row]:
+    """Stored (key, metric, value, stderr, n) rows by key digest.
+
+    A plain select on the scores table: an ORM query would first configure every mapped class of
+    the app database, which costs more than the rest of a cache hit in a fresh process.
+    """
+    table = Score.__table__
+    query = select(table.c.key, table.c.metric, table.c.value, table.c.stderr, table.c.n).where(
+        table.c.key.in_(digests)
+    )
+    with session_scope(engine) as session:
+        return {row.key: row for row in session.execute(query)}
 
 
 def score_checkpoint(
@@ -93,8 +120,7 @@ def score_checkpoint(
     keys = score_keys(scorer, ckpt_hash, suite, split)
     tasks: dict[str, TaskScore] = {}
     if use_cache:
-        with session_scope(engine) as session:
-            stored = get_scores(session=session, keys=[k.digest for k in keys.values()])
+        stored = stored_scores(engine, [k.digest for k in keys.values()])
         for name, key in keys.items():
             if (row := stored.get(key.digest)) is not None:
                 tasks[name] = TaskScore(

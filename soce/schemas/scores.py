@@ -25,7 +25,9 @@ class TaskScore(BaseModel):
     n: int | None = None
     cached: bool = Field(False, description="read from the score cache instead of evaluated")
     samples: tuple[float, ...] | None = Field(
-        None, description="per-document values of the metric in document order, when asked for (never cached)"
+        None,
+        description="per-document values of the metric in document order, when asked for (never cached)",
+        exclude_if=lambda v: v is None,  # absent from dumps unless filled: existing outputs keep their shape
     )
 
 

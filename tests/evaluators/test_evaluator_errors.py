@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from evaluators import EVALUATORS, LmEvalEvaluator, build_evaluator
-from evaluators.harness import _read_score
+from evaluators.harness import TaskResult, _read_score
 from soce.errors import EvaluationError, SuiteError
 from soce.schemas.suite import SuiteSpec, TaskSpec
 from soce.score_cache import score_checkpoint
@@ -70,9 +70,9 @@ def test_a_metric_the_task_does_not_produce(zoo: Zoo) -> None:
 
 
 def test_a_metric_missing_from_lm_eval_results() -> None:
-    results = {"results": {"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1}}}
+    result = TaskResult({"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1}, 2, {("acc", "none"): [0, 1]})
     with pytest.raises(EvaluationError) as err:
-        _read_score(TaskSpec(name="t", metric="acc_norm,none"), results)
+        _read_score(TaskSpec(name="t", metric="acc_norm,none"), result)
     assert str(err.value) == "task 't' produced no metric 'acc_norm,none' (it produced: acc,none)"
 
 

@@ -33,7 +33,7 @@ def forbid_model_runs(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Make any model load or lm-eval run fail; returns the tasks that were asked to run."""
     asked: list[str] = []
 
-    def no_run(self, lm, tasks, *, limit):
+    def no_run(self, lm, tasks):
         asked.extend(tasks)
         raise AssertionError(f"the model ran on {list(tasks)}")
 
