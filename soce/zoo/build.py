@@ -72,11 +72,11 @@ SIZES: dict[str, ZooSize] = {
         intermediate=192,
         heads=4,
         batch=48,
-        base_steps=2200,
+        base_steps=3000,
         base_lr=3e-3,
-        finetune_steps=300,
+        finetune_steps=500,
         finetune_lr=1e-3,
-        n_train=2000,
+        n_train=500,
         n_dev=150,
         n_test=150,
         extra_candidates=True,
@@ -129,8 +129,7 @@ def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
                 f"45% {a}, 45% {b}",
             )
         )
-        if False:
-          cands.append(
+        cands.append(
             TrainPlan(
                 "generalist-long",
                 uniform,
