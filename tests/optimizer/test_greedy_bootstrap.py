@@ -54,9 +54,10 @@ def test_bootstrap_interval_covers_a_real_gain_and_excludes_zero():
     b = {t: rng.integers(0, 2, 400).astype(float) for t in ("t1", "t2", "t3")}
     a = {t: np.where(rng.random(400) < 0.3, 1.0, v) for t, v in b.items()}  # a fixes ~30% of b's misses
     iv = paired_bootstrap(a, b, STRUCTURE, iterations=2000, seed=3)
-    observed = 0.5 * (0.5 * (a["t1"] - b["t1"]).mean() + 0.5 * (a["t2"] - b["t2"]).mean()) + 0.5 * (
-        a["t3"] - b["t3"]
-    ).mean()
+    observed = (
+        0.5 * (0.5 * (a["t1"] - b["t1"]).mean() + 0.5 * (a["t2"] - b["t2"]).mean())
+        + 0.5 * (a["t3"] - b["t3"]).mean()
+    )
     assert iv.diff == pytest.approx(observed)
     assert 0 < iv.low < iv.diff < iv.high < 0.3
     # paired: the interval is much narrower than the unpaired spread of two 0/1 samples would allow

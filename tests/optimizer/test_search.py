@@ -91,7 +91,8 @@ def test_a_resumed_study_does_not_repeat_trials(tmp_path):
     states = [t.state for t in result.history]
     assert states.count("COMPLETE") == 15
     assert len(crashing.calls) + len(resumed_eval.calls) == 15  # finished trials were not run again
-    assert resumed_eval.calls[0][0] == pytest.approx(SearchSpace(("a", "b", "c")).from_params(stale.params).weights)
+    stale_weights = SearchSpace(("a", "b", "c")).from_params(stale.params).weights
+    assert resumed_eval.calls[0][0] == pytest.approx(stale_weights)
     done = [tuple(round(x, 9) for x in t.weights.weights) for t in result.history if t.state == "COMPLETE"]
     assert len(set(done)) == len(done)
     # continuing a finished study runs nothing; a larger n_trials adds only the difference
@@ -112,7 +113,8 @@ def test_pruning_never_loses_the_best_and_saves_evaluations():
     full = search("grid").run()
     ev = Counter()
     pruned = search("grid", evaluate=ev, pruning=True).run()
-    assert pruned.best.weights == full.best.weights and pruned.best.objective == pytest.approx(full.best.objective)
+    assert pruned.best.weights == full.best.weights
+    assert pruned.best.objective == pytest.approx(full.best.objective)
     states = [t.state for t in pruned.history]
     assert "PRUNED" in states
     assert sum(len(c) for _, c in ev.calls) < 37 * 3  # category evaluations saved
