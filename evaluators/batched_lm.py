@@ -256,7 +256,7 @@ class ScorePlan:
 class GenerationBatch:
     inputs: torch.Tensor  # [B, T] left-padded contexts
     mask: torch.Tensor  # [B, T + max_gen_toks] attention mask, ones after the context
-    positions: torch.Tensor  # [B, T] position ids of the context tokens
+    positions: torch.Tensor  # [B, T + max_gen_toks] position ids of the context and generated tokens
     requests: list[int]  # request index of each row
 
 
@@ -585,7 +585,7 @@ class BatchedLM(LM):
                     ids[b, pad:] = torch.tensor(contexts[i], dtype=torch.long)
                     mask[b, :pad] = 0
                 # as generate: positions count real tokens; padding gets 1 (it is masked anyway)
-                positions = (mask[:, :width].cumsum(-1) - 1).masked_fill_(mask[:, :width] == 0, 1)
+                positions = (mask.cumsum(-1) - 1).masked_fill_(mask == 0, 1)
                 group.batches.append(
                     GenerationBatch(
                         inputs=ids.to(self._device),
@@ -621,7 +621,7 @@ class BatchedLM(LM):
         out = self.model(
             input_ids=batch.inputs,
             attention_mask=batch.mask[:, :T],
-            position_ids=batch.positions,
+            position_ids=batch.positions[:, :T],
             use_cache=True,
             **kwargs,
         )
@@ -629,13 +629,12 @@ class BatchedLM(LM):
         tokens: list[list[int]] = [[] for _ in range(B)]
         texts: list[str | None] = [None] * B
         running = list(range(B))
-        positions = batch.positions[:, -1:]
         for step in range(group.max_gen_toks):
             token = out.logits[:, -1].argmax(dim=-1)  # [B]
             ids = token.tolist()
             for r in running:
                 tokens[r].append(ids[r])
-            if hits := [r for r in running if ids[r] in watch]:
+            if not watch.isdisjoint(ids) and (hits := [r for r in running if ids[r] in watch]):
                 stopped = {r for r in hits if ids[r] in group.eos}
                 check = [r for r in hits if r not in stopped]
                 for r, text in zip(check, self.encoder.decode_many([tokens[r] for r in check]), strict=True):
@@ -645,11 +644,11 @@ class BatchedLM(LM):
                 running = [r for r in running if r not in stopped]
             if not running or step + 1 == group.max_gen_toks:
                 break
-            positions = positions + 1
+            at = T + step  # the new token's column
             out = self.model(
                 input_ids=token[:, None],
-                attention_mask=batch.mask[:, : T + step + 1],
-                position_ids=positions,
+                attention_mask=batch.mask[:, : at + 1],
+                position_ids=batch.positions[:, at : at + 1],
                 past_key_values=out.past_key_values,
                 use_cache=True,
             )

@@ -25,7 +25,13 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from evaluators._base import Progress, TaskEvaluator
-from evaluators.task_files import declared_splits, read_task_yaml, task_fingerprint, task_index
+from evaluators.task_files import (
+    declared_splits,
+    read_task_yaml,
+    string_list,
+    task_fingerprint,
+    task_index,
+)
 from soce.config import Settings, get_settings
 from soce.errors import EvaluationError, SuiteError
 from soce.schemas.scores import TaskScore
@@ -109,9 +115,9 @@ def files_stamp(include_path: str | None) -> dict[str, Any] | None:
         cfg = read_task_yaml(Path(path))
         kwargs = cfg.get("dataset_kwargs")
         data = kwargs.get("data_files") if isinstance(kwargs, dict) else None
-        named = [*_strings(cfg.get("include")), *_strings(cfg.get("dataset_path"))]
+        named = [*string_list(cfg.get("include")), *string_list(cfg.get("dataset_path"))]
         for refs in data.values() if isinstance(data, dict) else [data]:
-            named += _strings(refs)
+            named += string_list(refs)
         for ref in named:
             if ref.strip() in ("", "."):
                 continue
@@ -162,14 +168,6 @@ def _write_fingerprints(store: Path, key: str, entry: tuple[dict, tuple[str, ...
         os.replace(partial, store)
     except OSError as e:
         log.debug("cannot remember task fingerprints in %s (%s)", store, e)
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, list):
-        return [v for v in value if isinstance(v, str)]
-    return []
 
 
 # --- lm-eval tasks, built once per process ---
@@ -318,17 +316,23 @@ class PreparedTask:
             return (filter_key, doc_id, *responses)
         return None
 
-    def metrics(self, doc_id: int, doc: Any, filter_key: str, responses: list) -> dict[str, Any]:
-        """task.process_results, remembered where its inputs repeat across weights (see _memo_key)."""
-        key = self._memo_key(doc_id, filter_key, responses)
-        if key is None:
-            return self.task.process_results(doc, responses)
-        found = self.memo.get(key)
-        if found is None:
-            if len(self.memo) >= MEMO_PER_DOCUMENT * max(1, len(self.docs)):
-                self.memo.clear()
-            found = self.memo[key] = self.task.process_results(doc, responses)
-        return found
+    def score_documents(
+        self, filter_key: str, responses: list[list], raw: dict[tuple[str, str], list]
+    ) -> None:
+        """task.process_results of every document (`responses[i]` are document i's filtered responses),
+        appended to `raw` by (metric, filter); remembered where its inputs repeat (see _memo_key)."""
+        process, memo, memo_key = self.task.process_results, self.memo, self._memo_key
+        limit = MEMO_PER_DOCUMENT * max(1, len(self.docs))
+        for (doc_id, doc), answers in zip(self.docs, responses, strict=True):
+            key = memo_key(doc_id, filter_key, answers)
+            if key is None:
+                metrics = process(doc, answers)
+            elif (metrics := memo.get(key)) is None:
+                if len(memo) >= limit:
+                    memo.clear()
+                metrics = memo[key] = process(doc, answers)
+            for metric, value in metrics.items():
+                raw.setdefault((metric, filter_key), []).append(value)
 
 
 @dataclass
@@ -384,9 +388,7 @@ def evaluate_prepared(
             }
         raw: dict[tuple[str, str], list] = {}
         for filter_key, per_doc in filtered.items():
-            for (doc_id, doc), responses in zip(prepared.docs, per_doc, strict=True):
-                for metric, value in prepared.metrics(doc_id, doc, filter_key, responses).items():
-                    raw.setdefault((metric, filter_key), []).append(value)
+            prepared.score_documents(filter_key, per_doc, raw)
         metrics, n = _compute_task_aggregations(prepared.task, raw, bootstrap_iters)
         out[name] = TaskResult(metrics, n, raw)
     return out

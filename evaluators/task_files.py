@@ -97,7 +97,8 @@ def declared_splits(suite: SuiteSpec, name: str) -> list[str]:
     return [str(k) for k in files] if isinstance(files, dict) else []
 
 
-def _strings(value: Any) -> list[str]:
+def string_list(value: Any) -> list[str]:
+    """A YAML value that may be one string or a list of them, as a list of its strings."""
     if isinstance(value, str):
         return [value]
     if isinstance(value, list):
@@ -117,7 +118,7 @@ def _config_content(path: Path, seen: set[Path]) -> dict[str, Any]:
     seen.add(path)
     cfg = dict(read_task_yaml(path))
     content: dict[str, Any] = {"config": cfg}
-    for inc in _strings(cfg.get("include")):
+    for inc in string_list(cfg.get("include")):
         target = _local_file(inc, path.parent)
         if target is not None and target not in seen:
             content.setdefault("includes", []).append(_config_content(target, seen))
@@ -128,7 +129,7 @@ def _config_content(path: Path, seen: set[Path]) -> dict[str, Any]:
         digests = {}
         for split, refs in splits.items():
             digests[str(split)] = [
-                cached_digest(f) if (f := _local_file(r, path.parent)) else r for r in _strings(refs)
+                cached_digest(f) if (f := _local_file(r, path.parent)) else r for r in string_list(refs)
             ]
         cfg["dataset_kwargs"] = {**kwargs, "data_files": digests}
     dataset_dir = cfg.get("dataset_path")

@@ -78,7 +78,7 @@ def _shift(w: str, k: int) -> str:
 
 
 def _rot(rng: random.Random) -> Example:
-    w = _word(rng, 3, 6)
+    w = _word(rng, 4, 8)
     right = _shift(w, 1)
     # distractors differ from the answer in one letter, so every letter has to be right
     wrong = []
@@ -112,10 +112,12 @@ def _count(rng: random.Random) -> Example:
     return Example(f"cnt {c} {s}=", str(s.count(c)))
 
 
-def _length(rng: random.Random) -> Example:
-    s = _word(rng, 7, 15)
-    n = len(s)
-    return Example(f"len {s}=", str(n), _choices(rng, str(n), [str(n + 1), str(n - 1)]))
+def _count_mc(rng: random.Random) -> Example:
+    s = _word(rng, 4, 12, "abcd")
+    c = rng.choice("abcd")
+    n = s.count(c)
+    wrong = [str(k) for k in (n - 2, n - 1, n + 1, n + 2) if k >= 0]
+    return Example(f"how {c} {s}=", str(n), _choices(rng, str(n), rng.sample(wrong, len(wrong))))
 
 
 TASKS: tuple[TaskDef, ...] = (
@@ -126,7 +128,7 @@ TASKS: tuple[TaskDef, ...] = (
     TaskDef("zoo_lookup", "recall", "gen", _kv_fwd),
     TaskDef("zoo_reverse_lookup_mc", "recall", "mc", _kv_bwd),
     TaskDef("zoo_count", "counting", "gen", _count),
-    TaskDef("zoo_length_mc", "counting", "mc", _length),
+    TaskDef("zoo_count_mc", "counting", "mc", _count_mc),
 )
 CATEGORIES: tuple[str, ...] = tuple(dict.fromkeys(t.category for t in TASKS))
 

@@ -18,6 +18,9 @@ from soce.schemas.suite import SuiteSpec
 from tests.evaluators.task_folder import Zoo
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
+# float32 sums over differently composed batches: HFLM's own log-probabilities move by up to ~3e-5
+# between batch sizes 8 and 32 on the demo zoo
+CLOSE = {"rel": 1e-5, "abs": 5e-5}
 
 LONG = "fwd " + " ".join(
     f"{k}{v}" for k, v in zip("abcdefghijklmnopqrstuvwxyz", "3141592653589793238462643", strict=False)
@@ -76,7 +79,7 @@ def test_loglikelihoods_equal_hflms(zoo_suite: SuiteSpec, candidate: tuple) -> N
     assert ours.loglikelihood(requests) == got  # the cached plan gives the same numbers
     want = hflm(model, tokenizer).loglikelihood(requests, disable_tqdm=True)
     assert [g for _, g in got] == [g for _, g in want]
-    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], rel=1e-5, abs=1e-5)
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in want], **CLOSE)
     assert any(g for _, g in got) and not all(g for _, g in got)
 
 
@@ -91,7 +94,7 @@ def test_requests_sharing_a_row_are_scored_as_alone(candidate: tuple) -> None:
     got = BatchedLM(model, tokenizer, batch_size=8).loglikelihood(pair)
     alone = [hflm(model, tokenizer).loglikelihood([r], disable_tqdm=True)[0] for r in pair]
     assert [g for _, g in got] == [g for _, g in alone]
-    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in alone], rel=1e-5, abs=1e-5)
+    assert [lp for lp, _ in got] == pytest.approx([lp for lp, _ in alone], **CLOSE)
 
 
 def test_rolling_loglikelihoods_equal_hflms(candidate: tuple) -> None:
@@ -99,7 +102,7 @@ def test_rolling_loglikelihoods_equal_hflms(candidate: tuple) -> None:
     requests = [request("loglikelihood_rolling", s) for s in ("add 12 7=19", LONG, LONG + LONG, "x")]
     got = BatchedLM(model, tokenizer, batch_size=3).loglikelihood_rolling(requests)
     want = hflm(model, tokenizer, batch_size=3).loglikelihood_rolling(requests, disable_tqdm=True)
-    assert got == pytest.approx(want, rel=1e-5, abs=1e-5)
+    assert got == pytest.approx(want, **CLOSE)
 
 
 def test_generations_equal_hflms(zoo_suite: SuiteSpec, candidate: tuple) -> None:
