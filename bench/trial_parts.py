@@ -28,6 +28,7 @@ def main() -> None:
 
     from optimizer.search import SearchConfig, WeightSearch
     from optimizer.space import SearchSpace
+    from workers.pipeline import optuna_storage
 
     zoo = _pipeline.ensure_zoo(args.zoo, args.size)
     inputs, _, analysis, resident = _pipeline.prepare(zoo, max_experts=4)
@@ -39,7 +40,7 @@ def main() -> None:
             inputs.suite.category_names,
             resident,
             SearchConfig(sampler="tpe", n_trials=args.trials, seed=0),
-            storage=f"sqlite:///{tmp}/optuna.sqlite",
+            storage=optuna_storage(url=f"sqlite:///{tmp}/optuna.sqlite"),
             study_name="bench",
         )
         started = time.perf_counter()

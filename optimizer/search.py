@@ -5,10 +5,17 @@ touches a model. Trials are asked and told one by one (up to `parallel` in fligh
 any Optuna storage can be stopped and continued: finished trials are never run again, a trial left
 running by a crash is marked failed and its point asked again first. A point that rounds to weights
 already evaluated in the study reuses that result instead of evaluating again.
+
+`run()` drives the whole loop in this process. The same study can instead be driven from outside,
+one trial at a time in other processes: `begin()` once, `ask_trials()` wherever the next trials are
+decided, `evaluate_trial(number)` wherever a trial runs (it tells the study; telling twice is a
+no-op), `tally()` to see what is finished and what runs. The caller serialises the asking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import random
@@ -16,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizer.space import SearchSpace, SoupWeights, grid_points
@@ -135,6 +142,35 @@ def make_sampler(config: SearchConfig, space: SearchSpace) -> optuna.samplers.Ba
     raise SearchError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
 
 
+def _seed_for(seed: int, n_trials: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{n_trials}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
+
+
+def abandon_trial(study: optuna.Study, number: int, reason: str, *, ask_again: bool) -> bool:
+    """Fail trial `number` if it still runs (nobody will finish it); whether it did.
+
+    With `ask_again` its point is enqueued, so the next ask of the study tries it first.
+    """
+    from optuna.exceptions import UpdateFinishedTrialError
+    from optuna.trial import TrialState
+
+    storage = study._storage
+    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
+    if trial.state != TrialState.RUNNING:
+        return False
+    try:
+        storage.set_trial_user_attr(trial._trial_id, "error", reason)
+        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+    except UpdateFinishedTrialError:
+        return False  # it finished meanwhile: nothing was lost
+    if ask_again and trial.params:
+        study.enqueue_trial(trial.params)  # not skip_if_exists: this failed trial has them
+    again = "; its point is asked again" if ask_again else ""
+    log.info("trial %d of %s: %s; marked failed%s", number, study.study_name, reason, again)
+    return True
+
+
 def _record(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialRecord:
     attrs = trial.user_attrs
     weights = None
@@ -216,28 +252,46 @@ class WeightSearch:
 
     def _recover(self) -> int:
         """Fail trials a dead process left running, ask their points again; count finished trials."""
+        _, running = self.tally()
+        for t in running:
+            self._abandon(t, "left running by a process that stopped")
+        return self._load_finished()
+
+    def _load_finished(self) -> int:
+        """Remember the finished trials' points and the best objective; how many trials are finished."""
         from optuna.trial import TrialState
 
         finished = 0
-        for t in self.study.get_trials(deepcopy=False):
-            if t.state == TrialState.RUNNING:
-                self.study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
-                if t.params and self.config.sampler != "grid":
-                    self.study.enqueue_trial(t.params)  # not skip_if_exists: this failed trial has them
-                log.info(
-                    "trial %d of %s was left running; marked failed and its point asked again",
-                    t.number,
-                    self.study.study_name,
-                )
-            elif t.state in (TrialState.COMPLETE, TrialState.PRUNED):
-                finished += 1
-                if t.state == TrialState.COMPLETE and "category_scores" in t.user_attrs:
-                    rec = _record(t, self.space)
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            finished += 1
+            if t.state == TrialState.COMPLETE and "category_scores" in t.user_attrs:
+                rec = _record(t, self.space)
+                with self._lock:
                     if rec.weights is not None:
                         self._known.setdefault(rec.weights.key(), (t.number, rec.category_scores))
                     if rec.objective is not None:
                         self._best = rec.objective if self._best is None else max(self._best, rec.objective)
         return finished
+
+    def _abandon(self, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        # as before: a sampler's point is asked again; grid points are enqueued once, by _seed_points
+        abandon_trial(self.study, trial.number, reason, ask_again=self.config.sampler != "grid")
+
+    def _seed_points(self, finished: int) -> None:
+        """Enqueue the points every search starts from (none are enqueued twice)."""
+        if finished >= self.n_trials:
+            return
+        if self.config.sampler == "grid":
+            # every point once, in a seeded order; points already in the study are not enqueued again
+            order = list(range(len(grid_points(self.space.k))))
+            random.Random(self.config.seed).shuffle(order)
+            for idx in order[: self.n_trials]:
+                self.study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
+        elif finished == 0:
+            # start from the uniform soup: a strong, known point that every sampler should beat
+            self.study.enqueue_trial(
+                self.space.params_for([1.0 / self.space.k] * self.space.k), skip_if_exists=True
+            )
 
     def _weights(self, trial: optuna.Trial) -> SoupWeights:
         if self.config.sampler == "grid":
@@ -310,17 +364,7 @@ class WeightSearch:
         if progress and finished:
             progress(min(finished, self.n_trials))
         remaining = self.n_trials - finished
-        if remaining > 0 and self.config.sampler == "grid":
-            # every point once, in a seeded order; points already in the study are not enqueued again
-            order = list(range(len(grid_points(self.space.k))))
-            random.Random(self.config.seed).shuffle(order)
-            for idx in order[: self.n_trials]:
-                self.study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
-        if remaining > 0 and finished == 0 and self.config.sampler != "grid":
-            # start from the uniform soup: a strong, known point that every sampler should beat
-            self.study.enqueue_trial(
-                self.space.params_for([1.0 / self.space.k] * self.space.k), skip_if_exists=True
-            )
+        self._seed_points(finished)
         if remaining > 0:
             self._loop(remaining, progress, should_stop)
         return self.result()
@@ -363,6 +407,85 @@ class WeightSearch:
                         raise err
                     if progress:
                         progress(1)
+
+    # trials asked here and evaluated elsewhere ------------------------------------------------------
+    def tally(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:
+        """The number of finished (complete or pruned) trials and the running ones, as stored now."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        return len(trials) - len(running), running
+
+    def begin(self, stale: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+        """Ready a stored study for asking: fail the running trials `stale` names, enqueue start points."""
+        finished, running = self.tally()
+        for t in running:
+            if stale(t):
+                self._abandon(t, "left running by a run that is over")
+        self._seed_points(finished)
+
+    def ask_trials(self, count: int, attrs: Mapping[str, Any] | None = None) -> list[int]:
+        """Ask `count` trials to evaluate elsewhere; their numbers.
+
+        Each trial's point is chosen now (the sampler's state lives with the study, not where the trial
+        runs) and `attrs` are set on it.
+        """
+        numbers = []
+        for _ in range(max(count, 0)):
+            # a sampler made afresh in each process would draw the same "random" start point every
+            # time: seed it by the study's size, so points differ and a rerun still asks the same ones
+            size = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = make_sampler(
+                replace(self.config, seed=_seed_for(self.config.seed, size)), self.space
+            )
+            trial = self.study.ask()
+            for key, value in (attrs or {}).items():
+                trial.set_user_attr(key, value)
+            self._weights(trial)
+            numbers.append(trial.number)
+        return numbers
+
+    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
+        storage = self.study._storage
+        try:
+            trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        except KeyError:
+            raise SearchError(f"study {self.study.study_name!r} has no trial {number}") from None
+        return storage.get_trial(trial_id)
+
+    def evaluate_trial(self, number: int, attrs: Mapping[str, Any] | None = None) -> bool:
+        """Evaluate the running trial `number` and tell the study; False if it had finished already.
+
+        Running it again after a crash is safe: the first tell wins, a later one changes nothing.
+        An evaluation error fails the trial and is raised.
+        """
+        import optuna
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        frozen = self._frozen(number)
+        if frozen.state != TrialState.RUNNING:
+            return False
+        self._load_finished()  # points already evaluated are reused, the bound for pruning is known
+        try:
+            trial = optuna.Trial(self.study, frozen._trial_id)
+            for key, value in (attrs or {}).items():
+                trial.set_user_attr(key, value)
+            weights = self._weights(trial)
+        except UpdateFinishedTrialError:
+            return False
+        try:
+            self._run_trial(trial, weights)
+        except UpdateFinishedTrialError:
+            return False  # another delivery of the same trial told it first
+        except BaseException as e:
+            with contextlib.suppress(UpdateFinishedTrialError):  # told by another delivery
+                self._fail(trial, e)
+            raise
+        return True
 
     def result(self) -> SearchResult:
         history = [_record(t, self.space) for t in self.study.get_trials(deepcopy=False)]

@@ -142,3 +142,109 @@ def test_bad_configurations_name_the_problem():
         search("nsga2", 4, pruning=True)
     with pytest.raises(SearchError, match="cmaes needs at least 2"):
         search("cmaes", 4, space=SearchSpace(("a", "b")))
+
+
+def drive(s: WeightSearch, evaluators: list[WeightSearch], parallel: int) -> list[int]:
+    """Run a study the way trial tasks do: ask up to `parallel`, evaluate each by number elsewhere."""
+    s.begin(lambda t: True)
+    order: list[int] = []
+    pending = s.ask_trials(parallel, {"job": 1})
+    while pending:
+        number = pending.pop(0)
+        evaluators[number % len(evaluators)].evaluate_trial(number)
+        order.append(number)
+        finished, running = s.tally()
+        pending += s.ask_trials(min(parallel - len(running), s.n_trials - finished - len(running)))
+    return order
+
+
+def test_trials_asked_in_one_place_and_evaluated_in_others(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    asker = search("tpe", 8, storage=url, evaluate=Counter(fail_after=0))  # never evaluates
+    counters = [Counter(), Counter()]
+    others = [search("tpe", 8, storage=url, evaluate=c) for c in counters]
+    asker.begin(lambda t: True)
+    assert asker.ask_trials(3, {"job": 7, "asked_by": "search"}) == [0, 1, 2]
+    finished, running = asker.tally()
+    assert finished == 0 and [t.number for t in running] == [0, 1, 2]
+    assert running[1].user_attrs == {"job": 7, "asked_by": "search"}
+    # trial 0 is the enqueued uniform point; its weights were fixed when it was asked
+    assert others[0].evaluate_trial(0, {"worker": "w0"}) is True
+    assert counters[0].calls[0][0] == pytest.approx((1 / 3, 1 / 3, 1 / 3))
+    assert others[1].evaluate_trial(0) is False  # a second delivery of a finished trial does nothing
+    assert len(counters[1].calls) == 0
+    assert others[1].evaluate_trial(2) is True and others[0].evaluate_trial(1) is True
+    order = drive(asker, others, parallel=3)
+    result = asker.result()
+    assert result.n_trials == 8 and result.evaluations == 8 and sorted(order) == list(range(3, 8))
+    assert sum(len(c.calls) for c in counters) == 8
+    study = optuna.load_study(study_name="s", storage=url)
+    assert all(t.state.name == "COMPLETE" and "category_scores" in t.user_attrs for t in study.trials)
+    assert study.trials[0].user_attrs["worker"] == "w0"
+
+
+def test_grid_points_and_repeated_points_when_driven_from_outside():
+    s = search("grid", parallel=4)
+    ev = Counter()
+    drive(s, [search("grid", storage=s.study._storage, evaluate=ev)], parallel=4)
+    result = s.result()
+    assert result.n_trials == 37 and sorted(w for w, _ in ev.calls) == sorted(grid_points(3))
+    one = SearchSpace(("a",))
+    s = search("tpe", 4, space=one)
+    ev = Counter()
+    drive(s, [search("tpe", 4, space=one, storage=s.study._storage, evaluate=ev)], parallel=1)
+    assert s.result().evaluations == 1 and len(ev.calls) == 1
+
+
+def test_pruning_when_driven_from_outside_uses_the_stored_best():
+    s = search("grid", pruning=True)
+    ev = Counter()
+    drive(s, [search("grid", storage=s.study._storage, evaluate=ev, pruning=True)], parallel=2)
+    full = search("grid").run()
+    assert s.result().best.weights == full.best.weights
+    assert "PRUNED" in [t.state for t in s.result().history]
+    assert sum(len(c) for _, c in ev.calls) < 37 * 3
+
+
+def test_a_failed_evaluation_fails_its_trial_and_stale_trials_are_asked_again():
+    s = search("tpe", 5)
+    s.begin(lambda t: True)
+    first, second = s.ask_trials(2, {"job": 1})
+    broken = search("tpe", 5, storage=s.study._storage, evaluate=Counter(fail_after=0))
+    with pytest.raises(RuntimeError, match="worker lost"):
+        broken.evaluate_trial(first)
+    assert s.study.trials[first].state.name == "FAIL"
+    assert "worker lost" in s.study.trials[first].user_attrs["error"]
+    # trial `second` belongs to a run that is over: a new search fails it and asks its point first
+    params = s.study.trials[second].params
+    s.begin(lambda t: t.user_attrs.get("job") == 1)
+    assert s.study.trials[second].state.name == "FAIL"
+    (again,) = s.ask_trials(1, {"job": 2})
+    assert s.study.trials[again].params == pytest.approx(params)
+    # a running trial a stale predicate spares is left alone
+    s.begin(lambda t: False)
+    assert s.study.trials[again].state.name == "RUNNING"
+
+
+def test_trials_asked_by_fresh_processes_explore_and_are_seeded(tmp_path):
+    def ask_each_from_a_new_search(url: str) -> list[dict]:
+        for _ in range(5):  # every trial task opens the study anew, as a new process would
+            s = search("tpe", 8, storage=url)
+            s.begin(lambda t: False)
+            (number,) = s.ask_trials(1)
+            s.evaluate_trial(number)
+        return [t.params for t in optuna.load_study(study_name="s", storage=url).trials]
+
+    first = ask_each_from_a_new_search(f"sqlite:///{tmp_path / 'a.sqlite'}")
+    assert len({tuple(sorted(p.items())) for p in first}) == 5  # no start point drawn twice
+    assert ask_each_from_a_new_search(f"sqlite:///{tmp_path / 'b.sqlite'}") == first
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes", "nsga2"])
+def test_every_sampler_can_be_driven_from_outside(sampler):
+    s = search(sampler, 12, parallel=3)
+    ev = Counter()
+    drive(s, [search(sampler, 12, storage=s.study._storage, evaluate=ev)], parallel=3)
+    result = s.result()
+    assert result.n_trials == 12 and [t.state for t in result.history] == ["COMPLETE"] * 12
+    assert len({t.weights.key() for t in result.history}) == len(ev.calls) == result.evaluations
