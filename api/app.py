@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from hashlib import sha256
+from pathlib import Path
+from secrets import token_bytes
 
 from fastapi import FastAPI
+from fastapi.staticfiles import StaticFiles
 
 from api.broker import JobQueue
 from api.errors import install_error_handlers
 from api.optuna_tables import OptunaTables
-from api.routes import candidates, health, jobs, soups, suites
+from api.routes import candidates, dashboard, health, jobs, schedules, soups, suites
 from soce import __version__
 from soce.config import Settings, get_settings
 from soce.db.engine import get_engine
@@ -38,7 +42,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.queue = queue
     app.state.optuna = optuna
     app.state.worker_probe = lambda: queue.workers(timeout=health.WORKER_PING_SECONDS)
+    secret = settings.dashboard_secret
+    app.state.dashboard_secret = sha256(secret.encode()).digest() if secret else token_bytes(32)
     install_error_handlers(app)
-    for module in (candidates, suites, jobs, soups, health):
+    for module in (candidates, suites, jobs, soups, schedules, health, dashboard):
         app.include_router(module.router)
+    app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app

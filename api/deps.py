@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.broker import JobQueue
@@ -13,24 +14,33 @@ from api.optuna_tables import OptunaTables
 from soce.config import Settings
 
 
-def get_session(request: Request) -> Iterator[Session]:
-    """A session per request; handlers that write commit it themselves (and enqueue after that)."""
+async def get_session(request: Request) -> AsyncIterator[Session]:
+    """A session per request; handlers that write commit it themselves (and enqueue after that).
+
+    Async, so that making it costs no trip to the thread pool (a session connects only when first
+    used); closing it goes there only when it still holds a connection to roll back and give back.
+    """
     session = Session(request.app.state.engine, expire_on_commit=False)
     try:
         yield session
     finally:
-        session.close()
+        if session.in_transaction():
+            await run_in_threadpool(session.close)
+        else:
+            session.close()
 
 
-def get_settings_dep(request: Request) -> Settings:
+# The dependencies below do no I/O: async, so that FastAPI calls them on the event loop instead of
+# sending each to the thread pool.
+async def get_settings_dep(request: Request) -> Settings:
     return request.app.state.settings
 
 
-def get_queue(request: Request) -> JobQueue:
+async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-def get_optuna(request: Request) -> OptunaTables:
+async def get_optuna(request: Request) -> OptunaTables:
     return request.app.state.optuna
 
 

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from soce.db.models import JOB_STATES, Candidate, Job, Soup, Suite
+from soce.db.models import JOB_STATES, Candidate, Job, Schedule, ScheduleRun, Soup, Suite
+from soce.schedules import ScheduleError, next_fire, time_zone
 from soce.schemas.run import RunRecipe
 from soce.schemas.suite import SuiteSpec
 
@@ -269,3 +278,123 @@ class Health(BaseModel):
     database: ComponentHealth
     redis: ComponentHealth
     workers: WorkersHealth
+
+
+# --- schedules -------------------------------------------------------------------------------
+class CandidateSource(BaseModel):
+    """Where a scheduled run finds its candidates: checkpoint folders matching a glob, or a tag."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    glob: str | None = Field(None, description="absolute glob of checkpoint folders, registered when new")
+    tag: Tag | None = Field(None, description="registered candidates carrying this tag")
+
+    @model_validator(mode="after")
+    def _one(self) -> CandidateSource:
+        if (self.glob is None) == (self.tag is None):
+            raise ValueError("give exactly one of 'glob' or 'tag'")
+        if self.glob is not None and not self.glob.startswith("/"):
+            raise ValueError(f"glob {self.glob!r}: give an absolute path on the server")
+        return self
+
+
+class PromotionPolicy(BaseModel):
+    """Promote a soup only if the lower bound of (soup - champion) on `metric` exceeds min_improvement."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    metric: Literal["test_average"] = "test_average"
+    min_improvement: float = Field(0.0, ge=-1.0, le=1.0)
+
+
+def _check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
+    """A job's search settings plus suite_id, checked the way POST /v1/jobs checks them."""
+    try:
+        job = JobCreate.model_validate({**recipe, "tag": "-"})
+    except ValidationError as e:
+        raise ValueError(
+            "; ".join(f"{'.'.join(map(str, err['loc'])) or 'recipe'}: {err['msg']}" for err in e.errors())
+        ) from None
+    return {"suite_id": job.suite_id, **job.search_settings()}
+
+
+class ScheduleCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    cron: str = Field(description="five fields: minute hour day-of-month month day-of-week")
+    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
+    recipe_template: dict[str, Any] = Field(description="suite_id and a job's search settings")
+    candidate_source: CandidateSource
+    promotion_policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    enabled: bool = True
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str) -> str:
+        try:
+            next_fire(v, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+        return " ".join(v.split())
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str) -> str:
+        try:
+            time_zone(v)
+        except ScheduleError as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    @field_validator("recipe_template")
+    @classmethod
+    def _recipe(cls, v: dict[str, Any]) -> dict[str, Any]:
+        return _check_recipe(v)
+
+
+class ScheduleUpdate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool
+
+
+class ScheduleRunPublic(BaseModel):
+    id: int
+    due_at: datetime
+    outcome: str
+    job_id: int | None
+    details: dict[str, Any]
+    error: str | None
+    created_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def of(cls, row: ScheduleRun) -> ScheduleRunPublic:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class SchedulePublic(BaseModel):
+    id: int
+    name: str
+    cron: str
+    timezone: str
+    recipe_template: dict[str, Any]
+    candidate_source: dict[str, Any]
+    promotion_policy: dict[str, Any]
+    webhook_url: str | None
+    enabled: bool
+    champion_soup_id: int | None
+    last_run_at: datetime | None
+    next_run_at: datetime | None
+    created_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Schedule) -> SchedulePublic:
+        return cls.model_validate(row, from_attributes=True)
+
+
+class ScheduleDetail(SchedulePublic):
+    champion: SoupBrief | None
+    runs: list[ScheduleRunPublic] = Field(description="newest first")

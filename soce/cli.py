@@ -410,8 +410,14 @@ def _keys_engine(database_url: str | None) -> Any:
 def db_upgrade(
     revision: Annotated[str, typer.Argument(help="target revision")] = "head",
     database_url: DatabaseUrl = None,
+    optuna: Annotated[
+        bool,
+        typer.Option(
+            "--optuna", help="also create or upgrade Optuna's own database (OPTUNA_STORAGE_URL) with Optuna"
+        ),
+    ] = False,
 ) -> None:
-    """Migrate the app database up to REVISION (default: the newest)."""
+    """Migrate the app database up to REVISION (default: the newest); with --optuna, Optuna's too."""
     from soce.db import create_app_engine
     from soce.db.engine import describe
     from soce.db.migrate import current_revision, upgrade
@@ -425,6 +431,45 @@ def db_upgrade(
         engine.dispose()
     change = f"already at {after}" if before == after else f"{before or 'empty'} -> {after}"
     typer.echo(f"database {describe(engine)}: {change}")
+    if optuna:
+        _upgrade_optuna_storage()
+
+
+def _upgrade_optuna_storage() -> None:
+    """Optuna's tables made or migrated by Optuna itself, before anything reads them (optuna-dashboard
+    opens a storage without creating tables, and processes creating them at once can collide)."""
+    import optuna
+    from sqlalchemy import create_engine, inspect
+    from sqlalchemy.engine import make_url
+
+    from soce.config import get_settings
+    from soce.errors import DatabaseError
+
+    url = get_settings().optuna_url()
+    where = f"Optuna database {make_url(url).render_as_string(hide_password=True)}"
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).expanduser().parent.mkdir(parents=True, exist_ok=True)
+    try:
+        probe = create_engine(url)
+        try:
+            existed = inspect(probe).has_table("studies")
+        finally:
+            probe.dispose()
+        storage = optuna.storages.RDBStorage(url, skip_compatibility_check=True)  # creates missing tables
+        try:
+            before, head = storage.get_current_version(), storage.get_head_version()
+            if before != head:
+                storage.upgrade()
+        finally:
+            storage.engine.dispose()
+    except Exception as e:  # SQLAlchemy's and Optuna's own errors alike: one line naming the database
+        cause = getattr(e, "orig", None) or e  # the driver's own message, without SQLAlchemy's prefix
+        first = next((ln.strip() for ln in str(cause).splitlines() if ln.strip()), type(e).__name__)
+        raise DatabaseError(f"{where} cannot be prepared ({first})") from None
+    if before != head:
+        typer.echo(f"{where}: {before} -> {head}")
+    else:
+        typer.echo(f"{where}: {'already at' if existed else 'created at'} {head}")
 
 
 @db_app.command("current")
@@ -508,6 +553,83 @@ def apikey_revoke(
     typer.echo(f"revoked API key {name!r} ({revoked_at:%Y-%m-%d %H:%M} UTC)")
 
 
+# --- soce schedule: recurring runs with a promotion gate (API: /v1/schedules) ----------------------
+schedule_app = typer.Typer(help="Scheduled soups (nightly runs) and their champions.", no_args_is_help=True)
+app.add_typer(schedule_app, name="schedule")
+
+
+@schedule_app.command("create")
+@friendly
+def schedule_create(
+    name: Annotated[str, typer.Option("--name", help="a unique name; the champion pointer's file name")],
+    cron: Annotated[str, typer.Option("--cron", help="five fields, e.g. '0 2 * * *'")],
+    suite_id: Annotated[int, typer.Option("--suite-id", help="a stored suite's id")],
+    timezone: Annotated[str, typer.Option("--timezone", help="IANA time zone of the cron")] = "UTC",
+    tag: Annotated[str | None, typer.Option("--tag", help="candidates carrying this tag")] = None,
+    glob: Annotated[str | None, typer.Option("--glob", help="absolute glob of checkpoint folders")] = None,
+    recipe: Annotated[str, typer.Option("--recipe", help="search settings as JSON, like a job's")] = "{}",
+    min_improvement: Annotated[
+        float, typer.Option(help="promote if the interval's lower bound beats it")
+    ] = 0.0,
+    webhook: Annotated[str | None, typer.Option("--webhook", help="URL a run's summary is POSTed to")] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Create a schedule (checked like POST /v1/schedules)."""
+    import json
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+
+    from api.routes.schedules import schedule_row
+    from api.schemas import ScheduleCreate
+    from soce.db import session_scope
+    from soce.db.models import Suite
+
+    try:
+        body = ScheduleCreate.model_validate(
+            {
+                "name": name,
+                "cron": cron,
+                "timezone": timezone,
+                "recipe_template": {**json.loads(recipe), "suite_id": suite_id},
+                "candidate_source": {"tag": tag, "glob": glob},
+                "promotion_policy": {"min_improvement": min_improvement},
+                "webhook_url": webhook,
+            }
+        )
+    except (ValidationError, json.JSONDecodeError) as e:
+        raise typer.BadParameter(str(e)) from None
+    with session_scope(_keys_engine(database_url)) as session:
+        if session.get(Suite, suite_id) is None:
+            raise typer.BadParameter(f"suite {suite_id} does not exist", param_hint="--suite-id")
+        row = schedule_row(body, datetime.now(UTC))
+        session.add(row)
+        session.flush()
+        typer.echo(f"created schedule {row.id} {name!r}; next run {row.next_run_at:%Y-%m-%d %H:%M} UTC")
+
+
+@schedule_app.command("list")
+@friendly
+def schedule_list(database_url: DatabaseUrl = None) -> None:
+    """List schedules: cron, time zone, enabled, next run and champion soup."""
+    from sqlalchemy import select
+
+    from soce.db import session_scope
+    from soce.db.models import Schedule
+
+    with session_scope(_keys_engine(database_url)) as session:
+        rows = session.scalars(select(Schedule).order_by(Schedule.name)).all()
+        if not rows:
+            typer.echo("no schedules; create one with `soce schedule create`")
+            return
+        for r in rows:
+            when = f"{r.next_run_at:%Y-%m-%d %H:%M}" if r.next_run_at else "-"
+            typer.echo(
+                f"{r.id:4d}  {r.name}  {r.cron!r} {r.timezone}  {'enabled' if r.enabled else 'disabled'}  "
+                f"next {when}  champion {r.champion_soup_id or '-'}"
+            )
+
+
 # --- soce worker: a Celery worker of the service (workers.celery_app) -------------------------------
 WORKER_QUEUES = ("gpu", "cpu")
 
@@ -543,6 +665,31 @@ def worker(
     if hostname:
         argv.append(f"--hostname={hostname}")
     celery_app.worker_main(argv=argv)
+
+
+# --- soce beat: Celery beat, sending the app's periodic tasks (one beat per deployment) -------------
+
+
+@app.command()
+@friendly
+def beat(
+    loglevel: Annotated[str, typer.Option("--loglevel", "-l", help="Celery log level")] = "INFO",
+    schedule: Annotated[
+        Path | None,
+        typer.Option("--schedule", "-s", help="beat's state file (default: under SOCE_DATA_DIR)"),
+    ] = None,
+) -> None:
+    """Run Celery beat for the service's periodic tasks (Redis broker); run one per deployment."""
+    from soce.config import get_settings
+    from workers.celery_app import app as celery_app
+
+    path = schedule or get_settings().data_dir / "celerybeat-schedule"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # remote control lets `celery inspect ping -d celerybeat@HOST` health-check beat (docker-compose.yml)
+    argv = ["beat", f"--loglevel={loglevel}", f"--schedule={path}", "--enable-remote-control"]
+    code = celery_app.start(argv=argv)
+    if code:
+        raise typer.Exit(code)
 
 
 # --- soce serve: the REST API (api.app:create_app under uvicorn) -----------------------------------

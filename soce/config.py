@@ -44,6 +44,21 @@ class Settings(BaseSettings):
         6 * 3600, ge=60, description="seconds before Redis redelivers an unacknowledged task (> longest task)"
     )
     worker_heartbeat_seconds: int = Field(60, ge=5, description="a worker seen within this is alive")
+    resident_cache_gib: float = Field(
+        16.0, gt=0, description="GiB of resident candidates a worker keeps between tasks (least recent out)"
+    )
+    dashboard_public_read: bool = Field(
+        True, description="the web dashboard shows pages without signing in (changes always need a key)"
+    )
+    dashboard_secret: str | None = Field(
+        None, description="signs dashboard sessions; default: random per API process (signed out on restart)"
+    )
+    optuna_dashboard_url: str | None = Field(
+        None, description="base URL of an optuna-dashboard on Optuna's database, linked from job pages"
+    )
+    webhook_retry_seconds: list[float] = Field(
+        [1.0, 2.0, 4.0], description="waits between a schedule webhook's tries (one more try than waits)"
+    )
 
     def app_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""

@@ -19,9 +19,12 @@ TASK_QUEUES: dict[str, str] = {
     "soce.job.start": CPU,
     "soce.job.score": GPU,
     "soce.job.analyse": CPU,
-    "soce.job.search": GPU,
+    "soce.job.search": GPU,  # builds the resident experts the first trials then find warm
+    "soce.job.trial": GPU,
     "soce.job.finalize": GPU,  # baselines and the test split are evaluations of resident soups
+    "soce.schedules.tick": CPU,
 }
+TICK_SECONDS = 60.0  # how often beat sends the schedules' tick (workers.schedules)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -45,6 +48,15 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # lets the API and flower see which workers are alive
         task_send_sent_event=True,
+        # beat's only periodic task: start due schedules, judge finished runs; expires so a backlog
+        # of ticks (no cpu worker for a while) collapses instead of running one after another
+        beat_schedule={
+            "schedules-tick": {
+                "task": "soce.schedules.tick",
+                "schedule": TICK_SECONDS,
+                "options": {"queue": CPU, "expires": TICK_SECONDS},
+            }
+        },
     )
     return app
 

@@ -6,6 +6,10 @@ the caller enqueues it after the commit. A step is safe to run twice: scores are
 the study continues (finished trials are never run again), the soup folder is at a fixed path and
 replaced atomically, the Soup row is written once per folder. State changes are conditional updates
 (`WHERE state = ...`), so a job the API cancelled is never moved on.
+
+The search is not one step: while the job is `searching`, its trials run as separate trial tasks,
+up to `parallel_trials` at once (workers.trials); the last one to finish moves the job on.
+`run_task` runs any task by name and returns the messages to send; `run_job` runs them all here.
 """
 
 from __future__ import annotations
@@ -13,8 +17,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -29,6 +33,7 @@ from soce.errors import SoceError
 from soce.schemas.run import RunRecipe
 from soce.schemas.scores import ScoreMatrix
 from soce.schemas.suite import SuiteSpec, canonical_hash
+from workers.metrics import count_score_cache
 from workers.progress import Advance, Stages
 
 log = logging.getLogger(__name__)
@@ -50,16 +55,28 @@ class Step:
     next_task: str | None
 
 
+SEARCH_TASK = "soce.job.search"  # searching: names the study, asks the first trials
+TRIAL_TASK = "soce.job.trial"  # searching: one trial; the last one moves the job to finalizing
+FINALIZE_TASK = "soce.job.finalize"
+
+# The steps that run once each and move the job on by themselves.
 STEPS: dict[str, Step] = {
     s.task: s
     for s in (
         Step("soce.job.start", "queued", "scoring", "soce.job.score"),
         Step("soce.job.score", "scoring", "analysing", "soce.job.analyse"),
-        Step("soce.job.analyse", "analysing", "searching", "soce.job.search"),
-        Step("soce.job.search", "searching", "finalizing", "soce.job.finalize"),
-        Step("soce.job.finalize", "finalizing", "done", None),
+        Step("soce.job.analyse", "analysing", "searching", SEARCH_TASK),
+        Step(FINALIZE_TASK, "finalizing", "done", None),
     )
 }
+
+
+@dataclass(frozen=True)
+class Message:
+    """A task to send once the step that named it has committed: its name and arguments."""
+
+    task: str
+    args: tuple[int, ...]
 
 
 def _now() -> datetime:
@@ -268,11 +285,18 @@ class ResidentCache:
             self._items.clear()
 
 
-RESIDENT_CACHE_BYTES = 16 << 30  # a GPU worker's budget for resident experts; one job always fits
-resident_cache = ResidentCache(RESIDENT_CACHE_BYTES)
+_resident_cache: ResidentCache | None = None
 
 
-def resident_soup(inputs: Any) -> Any:
+def resident_cache(settings: Settings) -> ResidentCache:
+    """This process's cache, its budget read from the settings (resident_cache_gib) on first use."""
+    global _resident_cache
+    if _resident_cache is None:
+        _resident_cache = ResidentCache(int(settings.resident_cache_gib * (1 << 30)))
+    return _resident_cache
+
+
+def resident_soup(inputs: Any, settings: Settings) -> Any:
     """The job's candidates resident in this process: built once per candidate content and suite."""
     from soce.checkpoints import Checkpoint, checkpoint_hash
     from workers.resident import ResidentSoup
@@ -290,7 +314,7 @@ def resident_soup(inputs: Any) -> Any:
         inputs.recipe.layer_groups,
         inputs.recipe.batch_size,
     )
-    return resident_cache.get(
+    return resident_cache(settings).get(
         key, lambda: ResidentSoup(inputs.paths, ev, inputs.suite, groups=inputs.recipe.layer_groups)
     )
 
@@ -342,11 +366,13 @@ def score(ctx: Context) -> dict[str, Any]:
     test = score_step(inputs, "test", engine=ctx.engine, stages=ctx.progress)
     analysis, timings = ctx.stored()
     cached = sum(s.cached_tasks for m in (dev, test) for s in m.scores)
+    evaluated = sum(len(s.tasks) for m in (dev, test) for s in m.scores) - cached
+    count_score_cache(ctx.settings.broker_url, hits=cached, misses=evaluated)
     analysis["scores"] = {
         "dev": dev.model_dump(mode="json", exclude={"scores"}),
         "test": test.model_dump(mode="json", exclude={"scores"}),
         "cached_tasks": cached,
-        "evaluated_tasks": sum(len(s.tasks) for m in (dev, test) for s in m.scores) - cached,
+        "evaluated_tasks": evaluated,
     }
     return {"analysis": analysis, "timings": {**timings, "score": time.perf_counter() - started}}
 
@@ -369,58 +395,19 @@ def analyse(ctx: Context) -> dict[str, Any]:
     return {"analysis": analysis, "timings": {**timings, "analyse": time.perf_counter() - started}}
 
 
-def _search(ctx: Context, inputs: Any, resident: Any, *, stages: Stages) -> Any:
-    """The study of this job (continued, never restarted); its name is stored on the job first."""
-    from workers.pipeline import analyse_step, optuna_storage, search_space, search_step, study_name
-
-    dev, _ = ctx.matrices()
-    analysis = analyse_step(dev, ctx.spec.recipe)  # deterministic: the same experts as the analyse step
-    experts = analysis.experts.candidates
-    name = study_name(inputs, experts, search_space(inputs, experts, resident))
-    with session_scope(ctx.engine) as session:
-        session.execute(update(Job).where(Job.id == ctx.job_id).values(study_name=name))
-    result = search_step(
-        inputs,
-        analysis,
-        resident,
-        storage=optuna_storage(ctx.settings),
-        stages=stages,
-        should_stop=ctx.progress.cancelled,
-    )
-    return analysis, result
-
-
-def search(ctx: Context) -> dict[str, Any]:
-    """Optuna ask/tell over the experts' weights on dev, trials on the resident soup of this worker."""
-    started = time.perf_counter()
-    inputs = run_inputs(ctx.spec, ctx.settings)
-    resident = resident_soup(inputs)
-    inputs = replace(inputs, evaluator=resident.evaluator)
-    _, result = _search(ctx, inputs, resident, stages=ctx.progress)
-    ctx.progress.check()  # cancelled during the last trial: the study keeps it, the job stops here
-    analysis, timings = ctx.stored()
-    analysis["search"] = {
-        "study": result.study_name,
-        "n_trials": result.n_trials,
-        "evaluations": result.evaluations,
-        "best_trial": result.best.number,
-        "best_dev_objective": result.best.objective,
-        **(result.best.weights.as_dict() if result.best.weights else {}),
-    }
-    return {"analysis": analysis, "timings": {**timings, "search": time.perf_counter() - started}}
-
-
 def finalize(ctx: Context) -> dict[str, Any]:
     """Baselines, the soup written to the job's folder, test scores, report; the Soup row."""
     from soce.checkpoints import Checkpoint, checkpoint_hash
     from workers.pipeline import baselines_step, finalize_step
+    from workers.trials import open_search
 
     started = time.perf_counter()
     inputs = run_inputs(ctx.spec, ctx.settings)
-    resident = resident_soup(inputs)
+    resident = resident_soup(inputs, ctx.settings)
     inputs = replace(inputs, evaluator=resident.evaluator)
     dev, test = ctx.matrices()
-    analysis, result = _search(ctx, inputs, resident, stages=Stages(quiet=True))  # finished: no trial runs
+    analysis, search = open_search(ctx, inputs, resident)
+    result = search.result()  # every trial has finished: the job left `searching` only then
     baselines = baselines_step(inputs, dev, analysis, resident, stages=ctx.progress)
     stored, timings = ctx.stored()
     run = finalize_step(
@@ -482,7 +469,6 @@ STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {
     "soce.job.start": start,
     "soce.job.score": score,
     "soce.job.analyse": analyse,
-    "soce.job.search": search,
     "soce.job.finalize": finalize,
 }
 
@@ -532,11 +518,35 @@ def run_step(
     return step.next_task
 
 
-def run_job(job_id: int, *, settings: Settings | None = None, engine: Engine | None = None) -> str | None:
-    """Every step of a job in this process (embedded mode); the job's final state."""
+def run_task(
+    task: str,
+    args: Sequence[int],
+    *,
+    redelivered: bool = False,
+    settings: Settings | None = None,
+    engine: Engine | None = None,
+) -> list[Message]:
+    """Run the task `task` of a job (args: job id, then a trial number); the messages to send next."""
+    from workers.trials import run_trial, start_search
+
     settings = settings or get_settings()
     engine = engine or get_engine(settings.app_database_url())
-    task: str | None = "soce.job.start"
-    while task is not None:
-        task = run_step(task, job_id, settings=settings, engine=engine)
+    job_id = int(args[0])
+    if task == SEARCH_TASK:
+        return start_search(job_id, redelivered=redelivered, settings=settings, engine=engine)
+    if task == TRIAL_TASK:
+        number = int(args[1])
+        return run_trial(job_id, number, redelivered=redelivered, settings=settings, engine=engine)
+    following = run_step(task, job_id, redelivered=redelivered, settings=settings, engine=engine)
+    return [Message(following, (job_id,))] if following else []
+
+
+def run_job(job_id: int, *, settings: Settings | None = None, engine: Engine | None = None) -> str | None:
+    """Every task of a job in this process, one at a time in the order sent (embedded mode); its state."""
+    settings = settings or get_settings()
+    engine = engine or get_engine(settings.app_database_url())
+    pending = deque([Message("soce.job.start", (job_id,))])
+    while pending:
+        message = pending.popleft()
+        pending.extend(run_task(message.task, message.args, settings=settings, engine=engine))
     return job_state(engine, job_id)

@@ -153,17 +153,10 @@ def search_space(inputs: RunInputs, experts: Sequence[str], resident: ResidentSo
     return SearchSpace(tuple(experts), inputs.recipe.space, groups)
 
 
-def search_step(
-    inputs: RunInputs,
-    analysis: Analysis,
-    resident: ResidentSoup,
-    *,
-    storage: Any = None,
-    stages: Stages | None = None,
-    should_stop: Any = None,
-) -> SearchResult:
-    """Optuna over the experts' weights on dev; continues the stored study of the same search."""
-    stages = stages or Stages(quiet=True)
+def weight_search(
+    inputs: RunInputs, analysis: Analysis, resident: ResidentSoup, *, storage: Any = None
+) -> WeightSearch:
+    """The study of this search over the experts' weights on dev (created, or continued if stored)."""
     r = inputs.recipe
     experts = analysis.experts.candidates
     space = search_space(inputs, experts, resident)
@@ -175,33 +168,60 @@ def search_step(
         pruning=r.pruning,
         category_weights={c.name: c.weight for c in inputs.suite.categories},
     )
-    storage = storage or optuna_storage()
-    search = WeightSearch(
+    return WeightSearch(
         space,
         inputs.suite.category_names,
         resident,
         config,
-        storage=storage,
+        storage=storage or optuna_storage(),
         study_name=study_name(inputs, experts, space),
     )
-    with stages.stage(f"search {r.sampler}", total=search.n_trials, unit="trial") as advance:
+
+
+def search_step(
+    inputs: RunInputs,
+    analysis: Analysis,
+    resident: ResidentSoup,
+    *,
+    storage: Any = None,
+    stages: Stages | None = None,
+    should_stop: Any = None,
+) -> SearchResult:
+    """Optuna over the experts' weights on dev, trials in this process (up to `parallel_trials` threads)."""
+    stages = stages or Stages(quiet=True)
+    search = weight_search(inputs, analysis, resident, storage=storage)
+    with stages.stage(f"search {inputs.recipe.sampler}", total=search.n_trials, unit="trial") as advance:
         return search.run(progress=advance, should_stop=should_stop)
 
 
-def optuna_storage(settings: Settings | None = None) -> Any:
+def optuna_storage(settings: Settings | None = None, *, url: str | None = None) -> Any:
     """Optuna's RDB storage on its own database (embedded: SQLite beside the app database)."""
     import optuna
+    from sqlalchemy import event
 
     settings = settings or get_settings()
-    url = settings.optuna_url()
+    url = url or settings.optuna_url()
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
     except Exception as e:
         raise SearchError(
             f"Optuna storage {url.split('@')[-1]} cannot be used: {str(e).splitlines()[0]}"
         ) from None
+    if url.startswith("sqlite"):
+        # every ask, tell and user attribute is its own commit: with SQLite's default rollback journal
+        # and full syncs they cost more than merging a soup; WAL with normal syncs halves them
+        event.listen(storage.engine, "connect", _sqlite_wal)
+        storage.engine.dispose()
+    return storage
+
+
+def _sqlite_wal(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.close()
 
 
 # --- baselines -----------------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""Thin Celery tasks: each runs one job step (workers.jobs) and enqueues the next one after its commit.
+"""Thin Celery tasks: each runs one task of a job (workers.jobs) and sends what comes next after its commit.
 
-Queues (workers.celery_app.TASK_QUEUES): start and analyse on `cpu`; score, search and finalize on
-`gpu`, where the job's candidates stay resident between tasks (workers.jobs.resident_cache).
+Queues (workers.celery_app.TASK_QUEUES): start and analyse on `cpu`; score, search, trial and
+finalize on `gpu`, where the job's candidates stay resident between tasks (workers.jobs.resident_cache).
 
-The search task runs the whole Optuna ask/tell loop of a job on one gpu worker, with up to
-`parallel_trials` trials in flight on its resident model; trials are not yet spread over several
-workers as separate tasks. A worker killed mid-search has the task delivered again, and the study
-continues: the trial it left running is asked again, finished trials are not run again.
+The search task asks the job's first `parallel_trials` trials and sends one trial task each; every
+trial task evaluates its trial, tells the study and sends the next trials, so up to `parallel_trials`
+trials of a job run at once, on as many gpu workers as there are (workers.trials). A worker killed
+mid-trial has the task delivered again, and the same trial is evaluated again; finished trials are
+never run again.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from celery import Task
 from celery.signals import worker_process_init
 
 from workers.celery_app import app
-from workers.jobs import run_step
+from workers.jobs import run_task
 
 log = logging.getLogger(__name__)
 
@@ -30,39 +31,64 @@ def _fresh_connections(**_: object) -> None:
     dispose_engines()
 
 
-def _step(task: Task, job_id: int) -> str | None:
+def _run(task: Task, *args: int) -> list[str]:
     redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    following = run_step(task.name, int(job_id), redelivered=redelivered)
-    if following is not None:
-        app.send_task(following, args=[int(job_id)])
-    return following
+    messages = run_task(task.name, [int(a) for a in args], redelivered=redelivered)
+    for m in messages:
+        app.send_task(m.task, args=list(m.args))
+    return [m.task for m in messages]
 
 
 @app.task(name="soce.job.start", bind=True)
-def start_job(self: Task, job_id: int) -> str | None:
+def start_job(self: Task, job_id: int) -> list[str]:
     """Validate the job's candidates, suite and recipe; queued -> scoring."""
-    return _step(self, job_id)
+    return _run(self, job_id)
 
 
 @app.task(name="soce.job.score", bind=True)
-def score_job(self: Task, job_id: int) -> str | None:
+def score_job(self: Task, job_id: int) -> list[str]:
     """Score every candidate on dev and test through the score cache; scoring -> analysing."""
-    return _step(self, job_id)
+    return _run(self, job_id)
 
 
 @app.task(name="soce.job.analyse", bind=True)
-def analyse_job(self: Task, job_id: int) -> str | None:
+def analyse_job(self: Task, job_id: int) -> list[str]:
     """Correlations and category experts from the dev matrix; analysing -> searching."""
-    return _step(self, job_id)
+    return _run(self, job_id)
 
 
 @app.task(name="soce.job.search", bind=True)
-def search_job(self: Task, job_id: int) -> str | None:
-    """Optuna weight search on the resident experts; searching -> finalizing."""
-    return _step(self, job_id)
+def search_job(self: Task, job_id: int) -> list[str]:
+    """Ready the job's Optuna study and send its first trials (searching)."""
+    return _run(self, job_id)
+
+
+@app.task(name="soce.job.trial", bind=True)
+def trial_job(self: Task, job_id: int, number: int) -> list[str]:
+    """Evaluate one trial on the resident experts, tell the study, send the next; the last -> finalizing."""
+    return _run(self, job_id, number)
 
 
 @app.task(name="soce.job.finalize", bind=True)
-def finalize_job(self: Task, job_id: int) -> str | None:
+def finalize_job(self: Task, job_id: int) -> list[str]:
     """Baselines, soup folder, test scores, report and the Soup row; finalizing -> done."""
-    return _step(self, job_id)
+    return _run(self, job_id)
+
+
+@app.task(name="soce.schedules.tick")
+def schedules_tick() -> list[int]:
+    """Start the due schedules' runs and judge the runs whose job ended (sent by beat every minute)."""
+    from datetime import UTC, datetime
+
+    from soce.config import get_settings
+    from soce.db import get_engine
+    from workers.schedules import tick
+
+    settings = get_settings()
+    engine = get_engine(settings.app_database_url())
+    delays = tuple(settings.webhook_retry_seconds)
+    return tick(engine, datetime.now(UTC), data_dir=settings.data_dir, send=_send, webhook_delays=delays)
+
+
+def _send(task: str, args: list[int]) -> None:
+    app.send_task(task, args=args)

@@ -19,6 +19,7 @@ from soce.checkpoints import (
     ARCHITECTURE_FIELDS,
     Checkpoint,
     DigestCache,
+    architecture_summary,
     check_compatibility,
     checkpoint_hash,
 )
@@ -30,18 +31,6 @@ from soce.errors import CheckpointError, SoceError
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/candidates", tags=["candidates"])
-
-
-def architecture_summary(ckpt: Checkpoint) -> dict[str, Any]:
-    """The config fields that must agree for weights to line up, plus size facts for listings."""
-    cfg = ckpt.config or {}
-    fields = {k: cfg[k] for k in ARCHITECTURE_FIELDS if k in cfg}
-    return {
-        **fields,
-        "dtype": ckpt.dtype,
-        "num_parameters": ckpt.num_parameters,
-        "num_tensors": len(ckpt.tensors),
-    }
 
 
 def _family(architecture: dict[str, Any] | None) -> str:

@@ -6,20 +6,19 @@ import logging
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, HTTPException, Query, Response, status
+from pydantic import BaseModel
 from sqlalchemy.exc import IntegrityError
 
+from api import job_reads
 from api.auth import Writer
 from api.deps import OptunaDep, QueueDep, SessionDep
 from api.errors import invalid, not_found
 from api.schemas import (
-    CandidateBrief,
     JobCreate,
     JobDetail,
     JobPage,
     JobPublic,
     JobState,
-    SoupBrief,
-    SuiteBrief,
     TrialPage,
     TrialPublic,
 )
@@ -128,6 +127,11 @@ def create_job(
     return JobPublic.of(job)
 
 
+def _json(model: BaseModel) -> Response:
+    """A built (so validated) response model as JSON; returned as is, FastAPI does not validate it again."""
+    return Response(model.model_dump_json(), media_type="application/json")
+
+
 @router.get("", response_model=JobPage)
 def list_jobs(
     session: SessionDep,
@@ -135,10 +139,12 @@ def list_jobs(
     name: Annotated[str | None, Query(min_length=1, description="only jobs whose name contains this")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,
-) -> JobPage:
+) -> Response:
     """Jobs, newest first, a page at a time, with the total number that match."""
-    rows, total = crud.list_jobs(session=session, state=state, name=name, limit=limit, offset=offset)
-    return JobPage(items=[JobPublic.of(r) for r in rows], total=total, limit=limit, offset=offset)
+    items, total = job_reads.job_page(session=session, state=state, name=name, limit=limit, offset=offset)
+    session.close()  # give the connection back now, from this thread
+    # the items validated in one call, not model by model
+    return _json(JobPage.model_validate({"items": items, "total": total, "limit": limit, "offset": offset}))
 
 
 def _get_job(session: SessionDep, job_id: int) -> Job:
@@ -155,43 +161,38 @@ def _from_analysis(analysis: dict[str, Any], *keys: str) -> Any:
     return None
 
 
+def _recorded_best(analysis: dict[str, Any], study_name: str) -> int | None:
+    """The best trial's number as the job's finished search recorded it (workers' analysis["search"])."""
+    search = analysis.get("search")
+    if not isinstance(search, dict) or search.get("study") != study_name:
+        return None
+    number = search.get("best_trial")
+    return number if isinstance(number, int) and not isinstance(number, bool) else None
+
+
 @router.get("/{job_id}", response_model=JobDetail)
-def get_job(job_id: int, session: SessionDep, optuna: OptunaDep) -> JobDetail:
+def get_job(job_id: int, session: SessionDep, optuna: OptunaDep) -> Response:
     """A job with everything the workers recorded: progress, analysis, best trial and the latest soup."""
-    job = _get_job(session, job_id)
-    analysis = dict(job.analysis) if job.analysis is not None else None
+    fields = job_reads.job_detail(session=session, job_id=job_id)
+    if fields is None:
+        raise not_found(f"job {job_id}")
+    session.close()  # give the connection back now, before Optuna's database is read
+    analysis = fields["analysis"]
     best = _from_analysis(analysis or {}, "best_trial")
-    if best is None and job.study_name:
+    study_name = fields["study_name"]
+    if best is None and study_name:
         try:
-            best = optuna.best_trial(job.study_name)
+            best = optuna.best_trial(study_name, number=_recorded_best(analysis or {}, study_name))
         except SoceError as e:  # the job is still worth showing without it
-            log.warning("job %d: best trial unavailable: %s", job.id, e)
-    soup = job.soups[-1] if job.soups else None
-    return JobDetail(
-        **JobPublic.fields_of(job),
-        recipe=dict(job.recipe),
-        suite=SuiteBrief(id=job.suite.id, name=job.suite.name),
-        candidates=[
-            CandidateBrief(id=c.id, name=c.name, path=c.path, content_hash=c.content_hash)
-            for c in job.candidates
-        ],
-        timings=dict(job.timings or {}),
-        study_name=job.study_name,
-        analysis=analysis,
+            log.warning("job %d: best trial unavailable: %s", job_id, e)
+    detail = JobDetail(
+        **fields,
         score_matrix=_from_analysis(analysis or {}, "score_matrix", "scores", "dev_scores"),
         correlations=_from_analysis(analysis or {}, "correlations", "correlation"),
         experts=_from_analysis(analysis or {}, "experts"),
         best_trial=best,
-        soup=None
-        if soup is None
-        else SoupBrief(
-            id=soup.id,
-            path=soup.path,
-            content_hash=soup.content_hash,
-            weights=dict(soup.weights or {}),
-            scores=dict(soup.scores or {}),
-        ),
     )
+    return _json(detail)
 
 
 @router.get("/{job_id}/trials", response_model=TrialPage)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -150,3 +151,15 @@ def ensure_finite(ckpt: Checkpoint) -> None:
     bad = scan_finite(ckpt)
     if bad:
         raise NonFiniteTensorError(f"{ckpt.path}: NaN or Inf values in tensor(s) {_listing(bad)}")
+
+
+def architecture_summary(ckpt: Checkpoint) -> dict[str, Any]:
+    """The config fields that must agree for weights to line up, plus size facts for listings."""
+    cfg = ckpt.config or {}
+    fields = {k: cfg[k] for k in ARCHITECTURE_FIELDS if k in cfg}
+    return {
+        **fields,
+        "dtype": ckpt.dtype,
+        "num_parameters": ckpt.num_parameters,
+        "num_tensors": len(ckpt.tensors),
+    }

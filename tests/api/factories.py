@@ -1,11 +1,16 @@
-"""Small helpers that register what a test needs through the API itself."""
+"""Small helpers: registering what a test needs through the API itself, an Optuna study, counting queries."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
+import optuna
 from fastapi.testclient import TestClient
+from sqlalchemy import Engine, event
+
+from soce.config import Settings
 
 SUITE = {
     "name": "mini",
@@ -32,3 +37,35 @@ def make_suite(client: TestClient, headers: dict[str, str], spec: dict | None = 
     r = client.post("/v1/suites", json={"spec": spec or SUITE}, headers=headers)
     assert r.status_code in (200, 201), r.text
     return r.json()
+
+
+STUDY = "soce-tpe-0123456789abcdef"
+
+
+def fill_study(settings: Settings) -> None:
+    """Four trials in Optuna's database: three complete (values 0.2, 0.8, 0.5) and one pruned."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=STUDY, storage=settings.optuna_url(), direction="maximize")
+    for value in (0.2, 0.8, 0.5):
+        trial = study.ask()
+        trial.suggest_float("u0", 0.0, 1.0)
+        trial.suggest_int("bucket", 1, 4)
+        trial.suggest_categorical("space", ["simplex", "layerwise"])
+        trial.set_user_attr("category_scores", {"arithmetic": value, "strings": value / 2})
+        study.tell(trial, value)
+    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+
+
+@contextmanager
+def counted(engine: Engine) -> Iterator[list[str]]:
+    """The SQL statements run on `engine` inside the block (a pool's pre-ping is not one)."""
+    statements: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args) -> None:
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        yield statements
+    finally:
+        event.remove(engine, "before_cursor_execute", record)

@@ -4,28 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import optuna
 from fastapi import FastAPI
 
-from soce.config import Settings
 from soce.db import Job, Soup, session_scope
-from tests.api.factories import make_suite, register
-
-STUDY = "soce-tpe-0123456789abcdef"
-
-
-def fill_study(settings: Settings) -> None:
-    """Four trials: three complete (values 0.2, 0.8, 0.5) and one pruned."""
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(study_name=STUDY, storage=settings.optuna_url(), direction="maximize")
-    for value in (0.2, 0.8, 0.5):
-        trial = study.ask()
-        trial.suggest_float("u0", 0.0, 1.0)
-        trial.suggest_int("bucket", 1, 4)
-        trial.suggest_categorical("space", ["simplex", "layerwise"])
-        trial.set_user_attr("category_scores", {"arithmetic": value, "strings": value / 2})
-        study.tell(trial, value)
-    study.tell(study.ask(), state=optuna.trial.TrialState.PRUNED)
+from tests.api.factories import STUDY, fill_study, make_suite, register
 
 
 def a_job(client, writer, make_checkpoints, app: FastAPI, study_name: str | None) -> int:

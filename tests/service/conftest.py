@@ -16,13 +16,15 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, select, text
 from sqlalchemy.engine import make_url
 
-from soce.db import create_app_engine
+from soce.db import Candidate, Job, Suite, create_app_engine, session_scope
 from soce.db.migrate import upgrade
+from soce.schemas.suite import SuiteSpec, canonical_hash
 from tests.db.conftest import ADMIN_URL, postgres_admin  # noqa: F401  (a fixture, used by name)
 
 REDIS_URL = os.environ.get("SOCE_TEST_REDIS_URL", "redis://127.0.0.1:6379/14")
@@ -85,17 +87,28 @@ def service_databases(postgres_admin: Engine) -> Iterator[tuple[str, str]]:  # n
 class Worker:
     """`soce worker --queues gpu,cpu` as a subprocess in its own process group (so a kill takes it all)."""
 
-    def __init__(self, env: dict[str, str], logs: Path) -> None:
-        self.env, self.logs = env, logs
+    def __init__(
+        self, env: dict[str, str], logs: Path, *, queues: str = "gpu,cpu", name: str = "test"
+    ) -> None:
+        self.env, self.logs, self.queues, self.name = env, logs, queues, name
         self.proc: subprocess.Popen | None = None
         self.started = 0
 
     def start(self) -> None:
         self.started += 1
         soce = shutil.which("soce", path=str(Path(sys.executable).parent)) or "soce"
-        log = open(self.logs / f"worker-{self.started}.log", "wb")  # noqa: SIM115 (kept open while it runs)
+        log = open(self.logs / f"{self.name}-{self.started}.log", "wb")  # noqa: SIM115 (open while it runs)
         self.proc = subprocess.Popen(
-            [soce, "worker", "--queues", "gpu,cpu", "--concurrency", "1", "-n", f"test{self.started}@%h"],
+            [
+                soce,
+                "worker",
+                "--queues",
+                self.queues,
+                "--concurrency",
+                "1",
+                "-n",
+                f"{self.name}{self.started}@%h",
+            ],
             env=self.env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -123,7 +136,7 @@ class Worker:
             self.proc.wait(timeout=30)
 
     def log_tail(self, chars: int = 4000) -> str:
-        path = self.logs / f"worker-{self.started}.log"
+        path = self.logs / f"{self.name}-{self.started}.log"
         return path.read_text(errors="replace")[-chars:] if path.exists() else ""
 
 
@@ -165,6 +178,26 @@ def producer(service_env: dict[str, str]):
     app = make_app(Settings(broker_url=service_env["SOCE_BROKER_URL"], visibility_timeout=VISIBILITY_TIMEOUT))
     yield app
     app.close()
+
+
+def create_job(engine: Engine, zoo: Path, *, name: str, seed: int, n_trials: int = 3, **search: Any) -> int:
+    """A queued job over the zoo's candidates, as the API writes it (recipe: the search settings)."""
+    spec = SuiteSpec.from_file(zoo / "suite.yaml").model_dump(mode="json")
+    digest = canonical_hash(spec)
+    with session_scope(engine) as session:
+        suite = session.scalar(select(Suite).where(Suite.content_hash == digest))
+        if suite is None:
+            suite = Suite(name=spec["name"], spec=spec, content_hash=digest)
+            session.add(suite)
+        candidates = []
+        for folder in sorted((zoo / "candidates").iterdir()):
+            row = session.scalar(select(Candidate).where(Candidate.path == str(folder)))
+            candidates.append(row or Candidate(name=folder.name, path=str(folder)))
+        recipe = {"sampler": "tpe", "n_trials": n_trials, "seed": seed, "bootstrap_iterations": 200, **search}
+        job = Job(name=name, suite=suite, recipe=recipe, state="queued", candidates=candidates)
+        session.add(job)
+        session.flush()
+        return job.id
 
 
 def wait_for(predicate, *, timeout: float, what: str, worker: Worker | None = None, every: float = 1.0):

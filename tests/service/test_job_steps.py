@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -11,7 +13,9 @@ from soce.config import Settings
 from soce.db import Candidate, Job, Suite, create_app_engine, session_scope
 from soce.db.migrate import upgrade
 from tests.db.conftest import postgres_url  # noqa: F401  (a fixture, used by name)
-from workers.jobs import ResidentCache, run_job, run_step
+from workers import jobs, metrics
+from workers.jobs import ResidentCache, resident_cache, run_job, run_step, run_task
+from workers.trials import study_lock
 
 SUITE = {"name": "s", "categories": [{"name": "a", "tasks": [{"name": "t_a"}]}]}
 
@@ -87,11 +91,15 @@ def test_start_moves_a_valid_job_to_scoring(engine, settings, make_checkpoints):
     assert read(engine, job_id).state == "scoring"
 
 
-@pytest.mark.parametrize("task", ["soce.job.start", "soce.job.score", "soce.job.search"])
-def test_cancelled_and_finished_jobs_are_left_alone(engine, settings, make_checkpoints, task):
+@pytest.mark.parametrize(
+    ("task", "extra"),
+    [("soce.job.start", ()), ("soce.job.score", ()), ("soce.job.search", ()), ("soce.job.trial", (0,))],
+)
+def test_cancelled_and_finished_jobs_are_left_alone(engine, settings, make_checkpoints, task, extra):
     for state in ("cancelled", "done", "failed"):
         job_id = add_job(engine, make_checkpoints(2), state=state)
-        assert run_step(task, job_id, redelivered=True, settings=settings, engine=engine) is None
+        sent = run_task(task, (job_id, *extra), redelivered=True, settings=settings, engine=engine)
+        assert sent == []
         assert read(engine, job_id).state == state
 
 
@@ -129,3 +137,61 @@ def test_resident_cache_drops_least_recently_used_by_bytes():
     assert built == ["a", "b", "c", "b"]
     cache.get(("big",), build("big", 4000))  # larger than the budget alone: kept, the rest dropped
     assert cache.nbytes == 4004 and (cache.hits, cache.misses) == (3, 5)
+
+
+def test_resident_cache_budget_comes_from_the_settings(monkeypatch):
+    monkeypatch.setattr(jobs, "_resident_cache", None)
+    monkeypatch.setenv("SOCE_RESIDENT_CACHE_GIB", "0.5")
+    cache = resident_cache(Settings())
+    assert cache.max_bytes == 512 << 20
+    assert resident_cache(Settings(resident_cache_gib=2)) is cache  # one cache per process
+
+
+def test_study_lock_lets_one_process_decide_at_a_time(postgres_url):  # noqa: F811
+    engines = [create_app_engine(postgres_url) for _ in range(2)]
+    spans: list[tuple[float, float]] = []
+
+    def hold(engine, name: str) -> None:
+        with study_lock(engine, name):
+            entered = time.monotonic()
+            time.sleep(0.5)
+            spans.append((entered, time.monotonic()))
+
+    try:
+        threads = [threading.Thread(target=hold, args=(e, "soce-tpe-x")) for e in engines]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=30)
+        (_, a_out), (b_in, _) = sorted(spans)
+        assert b_in >= a_out  # the second waited for the first
+        started = time.monotonic()
+        with study_lock(engines[0], "soce-tpe-x"), study_lock(engines[1], "soce-tpe-other"):
+            pass  # another study is not held up
+        assert time.monotonic() - started < 5
+    finally:
+        for e in engines:
+            e.dispose()
+
+
+def test_score_cache_counters_are_what_metrics_reads(redis_url: str):
+    from api.broker import SCORE_CACHE_HITS_KEY, SCORE_CACHE_MISSES_KEY, JobQueue
+
+    assert (metrics.SCORE_CACHE_HITS_KEY, metrics.SCORE_CACHE_MISSES_KEY) == (
+        SCORE_CACHE_HITS_KEY,
+        SCORE_CACHE_MISSES_KEY,
+    )
+    queue = JobQueue(redis_url)
+    try:
+        hits, misses = queue.score_cache_counts()
+        metrics.count_score_cache(redis_url, hits=3, misses=5)
+        metrics.count_score_cache(redis_url, hits=2, misses=0)
+        assert queue.score_cache_counts() == (hits + 5, misses + 5)
+    finally:
+        queue.close()
+
+
+def test_score_cache_counters_never_fail_a_job(caplog: pytest.LogCaptureFixture):
+    metrics.count_score_cache("redis://127.0.0.1:1/0", hits=1, misses=1)  # nothing listens on port 1
+    assert "score cache counters at redis://127.0.0.1:1/0 not updated" in caplog.text
+    metrics.count_score_cache("memory://", hits=1, misses=1)  # not Redis: not counted, no error

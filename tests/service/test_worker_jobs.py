@@ -14,9 +14,8 @@ import optuna
 import pytest
 from sqlalchemy import func, inspect, select, update
 
-from soce.db import JOB_FINISHED_STATES, Candidate, Job, Score, Soup, Suite, create_app_engine, session_scope
-from soce.schemas.suite import SuiteSpec, canonical_hash
-from tests.service.conftest import Worker, wait_for
+from soce.db import JOB_FINISHED_STATES, Job, Score, Soup, create_app_engine, session_scope
+from tests.service.conftest import Worker, create_job, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -28,31 +27,6 @@ def app_engine(service_databases):
     engine = create_app_engine(service_databases[0])
     yield engine
     engine.dispose()
-
-
-def create_job(engine, zoo: Path, *, name: str, seed: int, n_trials: int = 3) -> int:
-    """A queued job over the zoo's candidates, as the API writes it (recipe: the search settings)."""
-    spec = SuiteSpec.from_file(zoo / "suite.yaml").model_dump(mode="json")
-    digest = canonical_hash(spec)
-    with session_scope(engine) as session:
-        suite = session.scalar(select(Suite).where(Suite.content_hash == digest))
-        if suite is None:
-            suite = Suite(name=spec["name"], spec=spec, content_hash=digest)
-            session.add(suite)
-        candidates = []
-        for folder in sorted((zoo / "candidates").iterdir()):
-            row = session.scalar(select(Candidate).where(Candidate.path == str(folder)))
-            candidates.append(row or Candidate(name=folder.name, path=str(folder)))
-        job = Job(
-            name=name,
-            suite=suite,
-            recipe={"sampler": "tpe", "n_trials": n_trials, "seed": seed, "bootstrap_iterations": 200},
-            state="queued",
-            candidates=candidates,
-        )
-        session.add(job)
-        session.flush()
-        return job.id
 
 
 def read_job(engine, job_id: int) -> Job:
@@ -200,7 +174,7 @@ def test_killed_worker_has_its_task_redelivered(
     job = wait_for(lambda: finished(app_engine, job_id), timeout=JOB_TIMEOUT, what="job 3", worker=worker)
     print(f"job {job_id} done {time.monotonic() - killed_at:.0f} s after its worker was killed")
     assert job.state == "done", f"{job.state}: {job.error}\n{worker.log_tail()}"
-    assert "soce.job.search" in worker.log_tail(10**6), "the new worker did not get the search task"
+    assert "soce.job.trial" in worker.log_tail(10**6), "the new worker did not get the trial task"
     states = [t.state.name for t in trials(optuna_url, job.study_name)]
     assert states.count("COMPLETE") == 3, states
     assert "RUNNING" not in states

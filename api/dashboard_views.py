@@ -1,0 +1,267 @@
+"""What the dashboard's pages show, read from the job rows the workers write; charts as inline SVG.
+
+The charts are the local report's (optimizer/report_html.py, standard library only). That module is
+loaded from its file, not through the `optimizer` package, whose __init__ imports Optuna: the API
+process stays free of it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from datetime import UTC, datetime
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from api.optuna_tables import OptunaTables
+from soce.db.models import JOB_FINISHED_STATES, Candidate, Job, Schedule, Soup
+
+STAGES = ("scoring", "analysing", "searching", "finalizing", "done")
+
+
+@cache
+def report_charts() -> ModuleType:
+    """optimizer/report_html.py as a module of its own (it imports nothing but the standard library)."""
+    name = "soce_dashboard_report_html"
+    if name in sys.modules:
+        return sys.modules[name]
+    path = Path(__file__).resolve().parent.parent / "optimizer" / "report_html.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def age(when: datetime | None, now: datetime | None = None) -> str:
+    """'42s', '5m', '3h', '2d' since `when`."""
+    if when is None:
+        return "n/a"
+    seconds = max(((now or datetime.now(UTC)) - when).total_seconds(), 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def progress_bars(progress: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """One bar per stage in Job.progress ({stage: {done, total, unit}}), with a percentage when known."""
+    bars = []
+    for stage, p in (progress or {}).items():
+        p = p if isinstance(p, dict) else {}
+        done, total = p.get("done") or 0, p.get("total")
+        percent = min(100.0, 100.0 * done / total) if total else None
+        bars.append(
+            {
+                "stage": stage,
+                "done": done,
+                "total": total,
+                "unit": p.get("unit") or "step",
+                "percent": percent,
+            }
+        )
+    return bars
+
+
+def best_dev(job: Job, optuna: OptunaTables) -> float | None:
+    """The best dev objective so far: the search's summary, or while searching Optuna's best trial."""
+    search = (job.analysis or {}).get("search") or {}
+    if search.get("best_dev_objective") is not None:
+        return search["best_dev_objective"]
+    if job.study_name and job.state == "searching":
+        best = optuna.best_trial(job.study_name)
+        if best and best.get("values"):
+            return best["values"][0]
+    return None
+
+
+def job_rows(session: Session, optuna: OptunaTables, *, limit: int = 100) -> list[dict[str, Any]]:
+    """The newest jobs with what the jobs table shows."""
+    jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
+    return [
+        {
+            "id": j.id,
+            "name": j.name,
+            "state": j.state,
+            "active": j.state not in JOB_FINISHED_STATES,
+            "suite": j.suite.name,
+            "bars": progress_bars(j.progress),
+            "best": best_dev(j, optuna),
+            "age": age(j.created_at),
+            "error": j.error,
+        }
+        for j in jobs
+    ]
+
+
+def timeline(job: Job) -> list[dict[str, Any]]:
+    """The pipeline's stages, each 'done', 'current', 'failed' or 'pending', with its seconds if timed."""
+    timings = job.timings or {}
+    seconds = {
+        "scoring": timings.get("score"),
+        "analysing": timings.get("analyse"),
+        "searching": timings.get("search"),
+        "finalizing": timings.get("finalize"),
+    }
+    if job.state == "done":
+        reached = len(STAGES)
+    elif job.state in STAGES:
+        reached = STAGES.index(job.state)
+    elif job.state == "queued":
+        reached = -1
+    else:  # failed or cancelled: stopped at the first stage without a timing
+        reached = next((i for i, s in enumerate(STAGES) if seconds.get(s) is None), len(STAGES) - 1)
+    out = []
+    for i, stage in enumerate(STAGES):
+        if i < reached or job.state == "done":
+            status = "done"
+        elif i == reached:
+            status = job.state if job.state in ("failed", "cancelled") else "current"
+        else:
+            status = "pending"
+        out.append({"stage": stage, "status": status, "seconds": seconds.get(stage)})
+    return out
+
+
+def _matrix_scores(matrix: dict[str, Any] | None) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
+    """A stored ScoreMatrix as the report's {candidate: {category: score}} and {candidate: average}."""
+    if not matrix:
+        return {}, {}
+    cands, cats = matrix.get("candidates") or [], matrix.get("categories") or []
+    values, averages = matrix.get("values") or [], matrix.get("average") or []
+    scores = {c: dict(zip(cats, row, strict=False)) for c, row in zip(cands, values, strict=False)}
+    return scores, dict(zip(cands, averages, strict=False))
+
+
+def trial_history(job: Job, optuna: OptunaTables) -> list[dict[str, Any]]:
+    """The job's trials from Optuna's database as the report's history (number, state, objective)."""
+    if not job.study_name:
+        return []
+    found = optuna.study(job.study_name)
+    if found is None:
+        return []
+    trials, _ = optuna.trials(found[0], limit=5000)
+    history, running = [], None
+    for t in trials:
+        if t["user_attrs"].get("job") not in (None, job.id):
+            continue  # a study shared by jobs with the same recipe: only this job's trials
+        value = (t["values"] or [None])[0]
+        if t["state"] == "complete" and value is not None:
+            running = value if running is None else max(running, value)
+        history.append(
+            {"number": t["number"], "state": t["state"].upper(), "objective": value, "best_so_far": running}
+        )
+    return history
+
+
+def job_report(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, Any]:
+    """The job as the local report's dict: its report.json when written, else what the rows hold so far."""
+    analysis = job.analysis or {}
+    path = (analysis.get("report") or {}).get("json")
+    if path and Path(path).is_file():
+        try:
+            report = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError):
+            report = None
+        if isinstance(report, dict):
+            return report
+    scores = analysis.get("scores") or {}
+    dev, dev_avg = _matrix_scores(scores.get("dev"))
+    test, test_avg = _matrix_scores(scores.get("test"))
+    report: dict[str, Any] = {
+        "candidates": (scores.get("dev") or {}).get("candidates") or [],
+        "categories": (scores.get("dev") or {}).get("categories") or [],
+        "dev_scores": dev,
+        "dev_average": dev_avg,
+        "test_scores": test,
+        "test_average": test_avg,
+        "correlation": analysis.get("correlation") or {},
+        "experts": analysis.get("experts") or [],
+        "warnings": analysis.get("warnings") or [],
+        "search": {**(analysis.get("search") or {}), "history": []},
+    }
+    if soup is not None:
+        weights = soup.weights or {}  # SoupWeights.as_dict(): {"weights": {expert: w}, "layer_weights"}
+        report["weights"] = weights.get("weights") or {}
+        report["layer_weights"] = weights.get("layer_weights") or {}
+        s = soup.scores or {}
+        report["soup"] = {k: s.get(k) for k in ("test", "test_average", "dev_average", "intervals")}
+        report["baselines"] = s.get("baselines") or {}
+    return report
+
+
+def job_sections(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, str]:
+    """The job page's charts and tables as HTML (escaped inline SVG), from the report's section drawers."""
+    charts = report_charts()
+    report = job_report(job, soup, optuna)
+    history = trial_history(job, optuna)
+    if history:  # the live trials beat a report's copy while the search runs
+        report["search"] = {**(report.get("search") or {}), "history": history}
+    candidates, categories = charts._candidates_and_categories(report)
+    return {
+        "scores": charts._scores_section(report, candidates, categories),
+        "correlation": charts._correlation_section(report, categories),
+        "experts": charts._experts_section(report),
+        "search": charts._search_section(report),
+        "weights": charts._weights_section(report),
+        "baselines": charts._baselines_section(report, categories),
+    }
+
+
+def candidate_rows(session: Session) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every candidate with its architecture and the dev scores per category of its latest scored job."""
+    rows = session.scalars(select(Candidate).order_by(Candidate.id)).all()
+    latest: dict[str, dict[str, float]] = {}
+    for job in session.scalars(select(Job).where(Job.analysis.is_not(None)).order_by(Job.id)):
+        dev, _ = _matrix_scores(((job.analysis or {}).get("scores") or {}).get("dev"))
+        latest.update(dev)
+    categories = sorted({k for s in latest.values() for k in s})
+    out = []
+    for c in rows:
+        scores = latest.get(c.name) or latest.get(str(c.path)) or {}
+        out.append(
+            {
+                "id": c.id,
+                "name": c.name,
+                "hash": c.content_hash,
+                "architecture": _architecture(c),
+                "scores": [scores.get(k) for k in categories],
+            }
+        )
+    return out, categories
+
+
+def _architecture(candidate: Candidate) -> str:
+    """'LlamaForCausalLM (llama)' from the checkpoint's architecture summary, or 'n/a'."""
+    arch = candidate.architecture or {}
+    names = arch.get("architectures") or arch.get("architecture") or []
+    names = names if isinstance(names, list) else [names]
+    kind = arch.get("model_type")
+    text = ", ".join(str(n) for n in names) + (f" ({kind})" if kind else "")
+    return text.strip() or "n/a"
+
+
+def schedule_rows(session: Session) -> list[dict[str, Any]]:
+    """Every schedule with its champion soup."""
+    return [
+        {
+            "id": s.id,
+            "name": s.name,
+            "cron": s.cron,
+            "timezone": s.timezone,
+            "enabled": s.enabled,
+            "last_run_at": s.last_run_at,
+            "next_run_at": s.next_run_at,
+            "champion": None
+            if s.champion is None
+            else {"id": s.champion.id, "job_id": s.champion.job_id, "path": s.champion.path},
+        }
+        for s in session.scalars(select(Schedule).order_by(Schedule.name))
+    ]

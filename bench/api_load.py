@@ -1,0 +1,419 @@
+"""Read load on the REST API: `soce serve` against PostgreSQL, many concurrent clients on the job reads.
+
+Creates a throwaway app database (`soce_bench_<random>`, migrated with our migrations) and a throwaway
+Optuna database beside it, fills them with JOBS jobs as the workers leave them (a suite, candidates,
+jobs in every state; the searched ones with an Optuna study and its trials, those past the search with
+its summary in their analysis, the finished ones with a soup), starts `soce serve` with
+SERVER_WORKERS worker processes (default 2: one per CPU of a 2-CPU machine) on a free port, and runs
+CLIENTS async HTTP clients for SECONDS, each with its own keep-alive connection, alternating at random
+between `GET /v1/jobs` (a page at a random offset) and `GET /v1/jobs/{id}` (a random job). Reads need
+no API key.
+
+Printed per endpoint and overall: requests, throughput (req/s), p50 and p99 latency as the clients
+see it, and errors (any status but 200, and transport errors); target beside it: p99 < 100 ms at 50
+clients, no errors. The clients share the machine with the server, so a loaded machine shows in the
+numbers (the load average is printed before and after). Both databases are dropped at the end, also
+after Ctrl-C or an error.
+
+    python bench/api_load.py [--clients 50] [--seconds 20] [--jobs 1000] [--page-size 50]
+                             [--server-workers 2] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import math
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+
+TARGET_P99_MS = 100.0
+CATEGORIES = ("arithmetic", "strings", "recall", "counting")
+# how the workers leave jobs behind: mostly finished, some in every other state
+STATES = {
+    "done": 50,
+    "failed": 10,
+    "cancelled": 5,
+    "queued": 10,
+    "scoring": 8,
+    "analysing": 5,
+    "searching": 7,
+    "finalizing": 5,
+}
+SEARCHED = ("searching", "finalizing", "done")
+LIST, DETAIL = "GET /v1/jobs?limit&offset", "GET /v1/jobs/{id}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def digest(*parts: object) -> str:
+    return hashlib.sha256(json.dumps(parts, default=str).encode()).hexdigest()
+
+
+def fill_optuna(url: str, *, studies: int, trials: int) -> dict[str, tuple[int, float]]:
+    """`studies` single-objective studies of `trials` trials each, with per-category scores as the
+    workers record them (trial user attributes); each one's best trial (number, value) by name."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = optuna.storages.RDBStorage(url)
+    best = {}
+    for s in range(studies):
+        study = optuna.create_study(
+            storage=storage,
+            study_name=f"bench-{s}",
+            direction="maximize",
+            sampler=optuna.samplers.RandomSampler(seed=s),
+        )
+
+        def objective(trial: optuna.Trial) -> float:
+            weights = [trial.suggest_float(f"x{k}", 0.0, 1.0) for k in range(3)]
+            scores = {c: round(0.4 + 0.5 * w, 4) for c, w in zip(CATEGORIES, [*weights, 0.5], strict=True)}
+            trial.set_user_attr("category_scores", scores)
+            return sum(scores.values()) / len(scores)
+
+        study.optimize(objective, n_trials=trials)
+        best[study.study_name] = (study.best_trial.number, study.best_value)
+    storage.engine.dispose()
+    return best
+
+
+def fill_app(url: str, *, jobs: int, studies: dict[str, tuple[int, float]], seed: int = 0) -> list[int]:
+    """A suite, eight candidates and `jobs` jobs (with soups for the finished ones); the job ids."""
+    from sqlalchemy import select
+
+    from api.schemas import JobCreate
+    from soce.db import Candidate, Job, Soup, Suite, create_app_engine, session_scope
+
+    rng = random.Random(seed)
+    study_names = list(studies)
+    engine = create_app_engine(url)
+    spec = {
+        "name": "bench",
+        "dev_split": "validation",
+        "test_split": "test",
+        "categories": [
+            {"name": c, "tasks": [{"name": f"zoo_{c}", "metric": "exact_match,none"}]} for c in CATEGORIES
+        ],
+    }
+    recipe = JobCreate(name="bench", suite_id=1, tag="bench").search_settings()
+    now = datetime.now(UTC)
+    with session_scope(engine) as session:
+        suite = Suite(name="bench", spec=spec, content_hash=digest(spec))
+        candidates = [
+            Candidate(
+                name=f"cand-{i}",
+                path=f"/checkpoints/cand-{i}",
+                content_hash=digest("candidate", i),
+                architecture={"model_type": "llama", "hidden_size": 64, "num_hidden_layers": 2},
+                size_bytes=1_000_000 + i,
+                tags=["bench"],
+            )
+            for i in range(8)
+        ]
+        session.add_all([suite, *candidates])
+        states = rng.choices(list(STATES), weights=list(STATES.values()), k=jobs)
+        for n, state in enumerate(states):
+            created = now - timedelta(minutes=jobs - n)
+            members = sorted(rng.sample(candidates, rng.randint(3, 8)), key=lambda c: c.name)
+            finished = state in ("done", "failed", "cancelled")
+            job = Job(
+                name=f"bench-{n}",
+                suite=suite,
+                candidates=members,
+                recipe=recipe,
+                state=state,
+                progress={"score": {"done": 16, "total": 16}} if state != "queued" else {},
+                timings={"score": 12.5, "analyse": 0.2} if state not in ("queued", "scoring") else {},
+                created_at=created,
+                started_at=None if state == "queued" else created + timedelta(seconds=5),
+                finished_at=created + timedelta(minutes=30) if finished else None,
+                error="evaluation failed: CUDA out of memory" if state == "failed" else None,
+            )
+            if state in SEARCHED or state == "analysing":
+                labels = [c.name for c in members]
+                job.analysis = {
+                    "scores": {"dev": {c: {x: rng.random() for x in CATEGORIES} for c in labels}},
+                    "correlation": {a: {b: rng.uniform(-1, 1) for b in CATEGORIES} for a in CATEGORIES},
+                    "experts": [{"category": c, "candidate": rng.choice(labels)} for c in CATEGORIES],
+                    "warnings": [],
+                }
+            if state in SEARCHED:
+                job.study_name = study_names[n % len(study_names)]
+            if state in SEARCHED and state != "searching":  # the search's summary, as the workers write it
+                number, value = studies[job.study_name]
+                job.analysis["search"] = {
+                    "study": job.study_name,
+                    "best_trial": number,
+                    "best_dev_objective": value,
+                    "weights": {c.name: round(1 / len(members), 4) for c in members},
+                    "finished_by": "search",
+                }
+            if state == "done":
+                weights = {c.name: round(1 / len(members), 4) for c in members}
+                session.add(
+                    Soup(
+                        job=job,
+                        path=f"/var/lib/soce/soups/job-{n}",
+                        content_hash=digest("soup", n),
+                        weights=weights,
+                        scores={"test_average": rng.random(), "dev_average": rng.random()},
+                        lineage={"method": "linear", "study": job.study_name},
+                    )
+                )
+            session.add(job)
+        session.flush()
+        ids = list(session.scalars(select(Job.id).order_by(Job.id)))
+    engine.dispose()
+    return ids
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
+
+
+class Tally:
+    def __init__(self) -> None:
+        self.latencies: dict[str, list[float]] = {LIST: [], DETAIL: []}
+        self.errors: dict[str, int] = {LIST: 0, DETAIL: 0}
+        self.examples: list[str] = []
+
+    def error(self, endpoint: str, what: str) -> None:
+        self.errors[endpoint] += 1
+        if len(self.examples) < 3:
+            self.examples.append(f"{endpoint}: {what}")
+
+
+async def one_client(
+    base: str, *, until: float, ids: list[int], page: int, rng: random.Random, tally: Tally
+) -> None:
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits) as http:
+        # warm-up, not counted: the connection and one read of each kind, with their bodies checked
+        page_body = (await http.get("/v1/jobs", params={"limit": page})).json()
+        assert page_body["total"] == len(ids), page_body
+        job_id = rng.choice(ids)
+        assert (await http.get(f"/v1/jobs/{job_id}")).json()["id"] == job_id
+        while time.perf_counter() < until:
+            if rng.random() < 0.5:
+                endpoint, url = LIST, "/v1/jobs"
+                params = {"limit": page, "offset": rng.randrange(0, max(1, len(ids) - page + 1))}
+            else:
+                endpoint, url, params = DETAIL, f"/v1/jobs/{rng.choice(ids)}", None
+            started = time.perf_counter()
+            try:
+                r = await http.get(url, params=params)
+                if r.status_code != 200:
+                    tally.error(endpoint, f"{r.status_code} {r.text[:200]}")
+            except httpx.HTTPError as e:
+                tally.error(endpoint, f"{type(e).__name__}: {e}")
+            tally.latencies[endpoint].append(time.perf_counter() - started)
+
+
+async def run_load(
+    base: str, *, clients: int, seconds: float, ids: list[int], page: int
+) -> tuple[Tally, float]:
+    tally = Tally()
+    started = time.perf_counter()
+    until = started + seconds
+    await asyncio.gather(
+        *(
+            one_client(base, until=until, ids=ids, page=page, rng=random.Random(i), tally=tally)
+            for i in range(clients)
+        )
+    )
+    return tally, time.perf_counter() - started
+
+
+def group_cpu_seconds(pgid: int) -> float | None:
+    """CPU seconds (user + system) used so far by the processes of group `pgid`; None without /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, found = 0, False
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the process ended meanwhile
+            continue
+        if int(fields[2]) == pgid:  # fields after the command name: state, ppid, pgrp, ...
+            total += int(fields[11]) + int(fields[12])
+            found = True
+    return total / ticks if found else None
+
+
+def start_server(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
+    argv = [sys.executable, "-m", "soce.cli", "serve", "--host", "127.0.0.1", "--port", str(port)]
+    argv += ["--workers", str(workers), "--log-level", "warning"]
+    with open(log, "wb") as out:
+        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_ready(base: str, server: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"soce serve exited ({server.returncode}):\n{log.read_text()[-3000:]}")
+        try:
+            if httpx.get(f"{base}/v1/jobs", params={"limit": 1}, timeout=5).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"soce serve did not answer within {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def stop_server(server: subprocess.Popen) -> None:
+    if server.poll() is not None:
+        return
+    os.killpg(server.pid, signal.SIGTERM)
+    try:
+        server.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait(timeout=20)
+
+
+def report(tally: Tally, wall: float, args: argparse.Namespace, cpu: dict[str, float | None]) -> None:
+    rows = [(name, sorted(lat), tally.errors[name]) for name, lat in tally.latencies.items()]
+    rows.append(("overall", sorted(x for _, lat, _ in rows for x in lat), sum(tally.errors.values())))
+    print(f"\n{'endpoint':28s} {'requests':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
+    for name, lat, errors in rows:
+        print(
+            f"{name:28s} {len(lat):9d} {len(lat) / wall:8.1f} {percentile(lat, 50) * 1000:8.1f} "
+            f"{percentile(lat, 99) * 1000:8.1f} {errors:7d}"
+        )
+    for example in tally.examples:
+        print(f"  error: {example}")
+    n = len(rows[-1][1])
+    for who, seconds in cpu.items():
+        if seconds is not None and n:
+            print(f"{who} CPU per request: {seconds / n * 1000:.2f} ms ({seconds:.1f} s over {wall:.1f} s)")
+    p99 = percentile(rows[-1][1], 99) * 1000
+    errors = rows[-1][2]
+    verdict = "met" if p99 < TARGET_P99_MS and errors == 0 else "NOT met"
+    print(
+        f"target: p99 < {TARGET_P99_MS:.0f} ms at 50 clients, no errors -> {verdict} "
+        f"(p99 {p99:.1f} ms, {errors} errors, {args.clients} clients)"
+    )
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--clients", type=int, default=50, help="concurrent clients, one connection each")
+    ap.add_argument("--seconds", type=float, default=20.0, help="how long the clients read")
+    ap.add_argument("--jobs", type=int, default=1000, help="jobs in the database")
+    ap.add_argument("--page-size", type=int, default=50, help="limit of each GET /v1/jobs")
+    ap.add_argument(
+        "--server-workers", type=int, default=2, help="uvicorn worker processes of soce serve (one per CPU)"
+    )
+    ap.add_argument("--studies", type=int, default=10, help="Optuna studies the searched jobs point at")
+    ap.add_argument("--trials", type=int, default=20, help="trials per study")
+    ap.add_argument(
+        "--admin-url",
+        default=os.environ.get(
+            "SOCE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+        ),
+        help="a PostgreSQL URL allowed to CREATE and DROP DATABASE",
+    )
+    args = ap.parse_args()
+    signal.signal(signal.SIGTERM, _interrupt)  # a killed run drops its databases too
+
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from soce.db import create_app_engine
+    from soce.db.migrate import upgrade
+
+    admin = create_engine(args.admin_url, isolation_level="AUTOCOMMIT")
+    name = f"soce_bench_{uuid.uuid4().hex[:12]}"
+    names = [name, f"{name}_optuna"]
+    app_url, optuna_url = (
+        make_url(args.admin_url).set(database=n).render_as_string(hide_password=False) for n in names
+    )
+    server: subprocess.Popen | None = None
+    created: list[str] = []
+    try:
+        with admin.connect() as conn:
+            for n in names:
+                conn.execute(text(f'CREATE DATABASE "{n}"'))
+                created.append(n)
+        started = time.perf_counter()
+        engine = create_app_engine(app_url)
+        upgrade(engine)
+        engine.dispose()
+        studies = fill_optuna(optuna_url, studies=args.studies, trials=args.trials)
+        ids = fill_app(app_url, jobs=args.jobs, studies=studies)
+        print(
+            f"databases {name} (+ _optuna): {len(ids)} jobs, {args.studies} studies x {args.trials} trials, "
+            f"filled in {time.perf_counter() - started:.1f} s"
+        )
+
+        workdir = Path(tempfile.mkdtemp(prefix="soce-bench-api-"))
+        env = {
+            **os.environ,
+            "SOCE_DATABASE_URL": app_url,
+            "OPTUNA_STORAGE_URL": optuna_url,
+            "SOCE_DATA_DIR": str(workdir / "data"),
+        }
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        log = workdir / "serve.log"
+        server = start_server(env, port, args.server_workers, log)
+        wait_ready(base, server, log)
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(
+            f"soce serve ({args.server_workers} worker process(es)) on {base}; {args.clients} clients for "
+            f"{args.seconds:.0f} s, pages of {args.page_size}; load average before: {load} "
+            f"({os.cpu_count()} CPUs)"
+        )
+        server_cpu, client_cpu = group_cpu_seconds(server.pid), time.process_time()
+        tally, wall = asyncio.run(
+            run_load(base, clients=args.clients, seconds=args.seconds, ids=ids, page=args.page_size)
+        )
+        after = group_cpu_seconds(server.pid)
+        cpu = {
+            "server": after - server_cpu if after is not None and server_cpu is not None else None,
+            "clients": time.process_time() - client_cpu,
+        }
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        report(tally, wall, args, cpu)
+        print(f"load average after: {load}")
+    finally:
+        if server is not None:
+            stop_server(server)
+        with admin.connect() as conn:
+            for n in created:
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{n}" WITH (FORCE)'))
+        admin.dispose()
+        if created:
+            print(f"dropped {', '.join(created)}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit("interrupted")

@@ -1,0 +1,77 @@
+"""Schedules through the API: create, list, read with runs, enable and disable, validation errors."""
+
+from __future__ import annotations
+
+from fastapi.testclient import TestClient
+
+from tests.api.factories import make_suite
+
+
+def _body(suite_id: int, **over: object) -> dict:
+    body = {
+        "name": "nightly",
+        "cron": "0 2 * * *",
+        "timezone": "Europe/Paris",
+        "recipe_template": {"suite_id": suite_id, "sampler": "grid"},
+        "candidate_source": {"tag": "nightly"},
+        "promotion_policy": {"metric": "test_average", "min_improvement": 0.01},
+    }
+    return {**body, **over}
+
+
+def _error_locs(response) -> list[list]:
+    assert response.status_code == 422, response.text
+    return [e["loc"] for e in response.json()["detail"]]
+
+
+def test_create_list_get_and_disable(client: TestClient, writer: dict[str, str]) -> None:
+    suite = make_suite(client, writer)
+    r = client.post("/v1/schedules", json=_body(suite["id"]), headers=writer)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert created["enabled"] and created["next_run_at"] is not None
+    assert created["candidate_source"] == {"tag": "nightly"}
+    assert created["recipe_template"]["suite_id"] == suite["id"]
+
+    listed = client.get("/v1/schedules", headers=writer).json()
+    assert [s["name"] for s in listed] == ["nightly"]
+    detail = client.get(f"/v1/schedules/{created['id']}", headers=writer).json()
+    assert detail["champion"] is None and detail["runs"] == []
+
+    r = client.patch(f"/v1/schedules/{created['id']}", json={"enabled": False}, headers=writer)
+    assert r.status_code == 200 and r.json()["enabled"] is False
+    assert client.get("/v1/schedules/999", headers=writer).status_code == 404
+    again = client.post("/v1/schedules", json=_body(suite["id"]), headers=writer)
+    assert again.status_code == 409
+
+
+def test_validation_names_the_field(client: TestClient, writer: dict[str, str]) -> None:
+    suite = make_suite(client, writer)
+    sid = suite["id"]
+    bad_cron = client.post("/v1/schedules", json=_body(sid, cron="61 * * * *"), headers=writer)
+    assert _error_locs(bad_cron) == [["body", "cron"]]
+    assert "minute" in bad_cron.json()["detail"][0]["msg"]
+    assert _error_locs(client.post("/v1/schedules", json=_body(sid, cron="* * *"), headers=writer)) == [
+        ["body", "cron"]
+    ]
+    bad_tz = client.post("/v1/schedules", json=_body(sid, timezone="Mars/Base"), headers=writer)
+    assert _error_locs(bad_tz) == [["body", "timezone"]]
+    assert "Mars/Base" in bad_tz.json()["detail"][0]["msg"]
+    both = {"tag": "x", "glob": "/data/*"}
+    assert _error_locs(
+        client.post("/v1/schedules", json=_body(sid, candidate_source=both), headers=writer)
+    ) == [["body", "candidate_source"]]
+    recipe = {"suite_id": sid, "sampler": "nope"}
+    assert _error_locs(
+        client.post("/v1/schedules", json=_body(sid, recipe_template=recipe), headers=writer)
+    ) == [["body", "recipe_template"]]
+    missing = {"suite_id": 999}
+    assert _error_locs(
+        client.post("/v1/schedules", json=_body(sid, recipe_template=missing), headers=writer)
+    ) == [["body", "recipe_template", "suite_id"]]
+
+
+def test_reader_cannot_create(client: TestClient, keys: dict[str, dict[str, str]]) -> None:
+    suite = make_suite(client, keys["writer"])
+    r = client.post("/v1/schedules", json=_body(suite["id"]), headers=keys["reader"])
+    assert r.status_code == 403
