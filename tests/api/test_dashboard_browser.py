@@ -115,9 +115,17 @@ def page(browser: Any, tmp_path: Path) -> Iterator[Any]:
     page.errors = []
     page.on("console", lambda m: page.errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: page.errors.append(str(e)))
-    page.on("requestfailed", lambda r: page.errors.append(f"request failed: {r.url}"))
+    page.on("requestfailed", lambda r: _request_failed(page, r))
     yield page
     context.close()
+
+
+def _request_failed(page: Any, request: Any) -> None:
+    # net::ERR_ABORTED is the browser dropping a request itself (a navigation that supersedes a poll or
+    # a form post whose answer comes while htmx swaps the fragment); the outcome is asserted instead.
+    # Any other failure (refused, reset, timed out) is an error of the page.
+    if request.failure != "net::ERR_ABORTED":
+        page.errors.append(f"request failed: {request.method} {request.url} ({request.failure})")
 
 
 def _shot(page: Any, tmp_path: Path, name: str) -> None:
