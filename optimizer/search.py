@@ -15,6 +15,7 @@ no-op), `tally()` to see what is finished and what runs. The caller serialises t
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import logging
 import math
@@ -243,6 +244,8 @@ class WeightSearch:
                 f"study {study_name!r} was made for another search ({stored}); it cannot be continued"
             )
         self._lock = threading.Lock()
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: list[Future] = []
         self._known: dict[tuple, tuple[int, dict[str, float]]] = {}
         self._best: float | None = None
 
@@ -274,11 +277,15 @@ class WeightSearch:
         return finished
 
     def _abandon(self, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-        # as before: a sampler's point is asked again; grid points are enqueued once, by _seed_points
-        abandon_trial(self.study, trial.number, reason, ask_again=self.config.sampler != "grid")
+        self._abandon_in(self.study, trial, reason)
 
-    def _seed_points(self, finished: int) -> None:
+    def _abandon_in(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
+        # as before: a sampler's point is asked again; grid points are enqueued once, by _seed_points
+        abandon_trial(study, trial.number, reason, ask_again=self.config.sampler != "grid")
+
+    def _seed_points(self, finished: int, study: optuna.Study | None = None) -> None:
         """Enqueue the points every search starts from (none are enqueued twice)."""
+        study = study or self.study
         if finished >= self.n_trials:
             return
         if self.config.sampler == "grid":
@@ -286,10 +293,10 @@ class WeightSearch:
             order = list(range(len(grid_points(self.space.k))))
             random.Random(self.config.seed).shuffle(order)
             for idx in order[: self.n_trials]:
-                self.study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
+                study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
         elif finished == 0:
             # start from the uniform soup: a strong, known point that every sampler should beat
-            self.study.enqueue_trial(
+            study.enqueue_trial(
                 self.space.params_for([1.0 / self.space.k] * self.space.k), skip_if_exists=True
             )
 
@@ -339,7 +346,7 @@ class WeightSearch:
         trial.set_user_attr("timings", timings)
         if pruned:
             trial.set_user_attr("pruned_after", list(scores))
-            self.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
+            trial.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
             return
         objective = self._objective(scores)
         trial.set_user_attr("objective", objective)
@@ -347,39 +354,138 @@ class WeightSearch:
             self._known.setdefault(weights.key(), (trial.number, scores))
             self._best = objective if self._best is None else max(self._best, objective)
         values: float | list[float] = [scores[c] for c in self.categories] if self.multi else objective
-        self.study.tell(trial, values, skip_if_finished=True)
+        trial.study.tell(trial, values, skip_if_finished=True)
 
     def _fail(self, trial: optuna.Trial, error: BaseException) -> None:
         from optuna.trial import TrialState
 
         trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-        self.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
+        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
 
     # the loop -------------------------------------------------------------------------------------
     def run(
         self, progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None
     ) -> SearchResult:
-        """Ask, evaluate and tell until `n_trials` trials are finished; an evaluation error stops it."""
+        """Ask, evaluate and tell until `n_trials` trials are finished; an evaluation error stops it.
+
+        The loop asks and tells a copy of the study in memory and writes each finished trial to the
+        stored study whole, in one transaction, in trial order: an RDB storage otherwise commits every
+        parameter, attribute, ask and tell on its own (about ten commits a trial, 40 ms on SQLite,
+        against 2 ms in memory). A crash loses only the trials that had not finished.
+        """
+        from optuna.trial import TrialState
+
         finished = self._recover()
         if progress and finished:
             progress(min(finished, self.n_trials))
         remaining = self.n_trials - finished
-        self._seed_points(finished)
-        if remaining > 0:
-            self._loop(remaining, progress, should_stop)
+        work = self._mirror()
+        self._seed_points(finished, work)
+        try:
+            if remaining > 0:
+                self._loop(work, remaining, progress, should_stop)
+        finally:
+            if work is not self.study:
+                # trials left unfinished when the loop stopped on an error are failed, so the
+                # finished ones after them can be written; a sampler's point is asked again next time
+                for t in work.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+                    self._abandon_in(work, t, "left unfinished: the search stopped on an error")
+                self._write_back(work, wait=True)
         return self.result()
 
-    def _loop(self, remaining: int, progress, should_stop) -> None:
+    # the copy in memory -----------------------------------------------------------------------------
+    def _mirror(self) -> optuna.Study:
+        """An in-memory study holding the stored study's trials under the same numbers."""
+        import optuna
+
+        if isinstance(self.study._storage, optuna.storages.InMemoryStorage):
+            return self.study
+        work = optuna.create_study(
+            storage=optuna.storages.InMemoryStorage(),
+            sampler=self.study.sampler,
+            directions=self.study.directions,
+            study_name=self.study.study_name,
+        )
+        stored = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
+        work.add_trials(stored)
+        self._next_write = len(stored)  # the next trial to store; those below it are stored
+        self._to_update = {t.number for t in stored if not t.state.is_finished()}
+        return work
+
+    def _write_back(self, work: optuna.Study, *, wait: bool = False) -> None:
+        """Hand the finished trials of `work` to the writer, in number order without gaps.
+
+        One writer thread stores them while the next trials run (Optuna's RDB storage takes some 35 ms
+        of statements to store one trial); `wait` stores what is left and raises what went wrong.
+        """
+        if work is self.study:
+            return
+        trials = work.get_trials(deepcopy=False)
+        batch = [t for t in trials if t.number in self._to_update and t.state.is_finished()]
+        self._to_update.difference_update(t.number for t in batch)
+        updates = len(batch)
+        while self._next_write < len(trials) and trials[self._next_write].state.is_finished():
+            batch.append(trials[self._next_write])
+            self._next_write += 1
+        if batch:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="soce-optuna-write")
+            batch = [copy.deepcopy(t) for t in batch]
+            self._writes.append(self._writer.submit(self._store, batch[:updates], batch[updates:]))
+        done = [f for f in self._writes if f.done()]
+        if wait and self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer, done = None, self._writes
+        for f in done:
+            self._writes.remove(f)
+            f.result()  # a failed write stops the search here
+
+    def _store(self, updates: list[optuna.trial.FrozenTrial], new: list[optuna.trial.FrozenTrial]) -> None:
+        for frozen in updates:
+            self._update_stored(frozen)
+        storage = self.study._storage
+        for frozen in new:
+            trial_id = storage.create_new_trial(self.study._study_id, template_trial=frozen)
+            number = storage.get_trial_number_from_id(trial_id)
+            if number != frozen.number:  # someone else added trials to this study meanwhile
+                raise SearchError(
+                    f"study {self.study.study_name!r} was changed by another process during the search "
+                    f"(trial {frozen.number} was stored as {number}); run one search per study at a time"
+                )
+
+    def _update_stored(self, frozen: optuna.trial.FrozenTrial) -> None:
+        """Finish in the stored study a trial that was waiting there (enqueued before this run)."""
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        storage = self.study._storage
+        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, frozen.number)
+        try:
+            if storage.get_trial(trial_id).state == TrialState.WAITING:
+                storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
+            for name, value in frozen.params.items():
+                dist = frozen.distributions[name]
+                storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
+            for key, value in frozen.user_attrs.items():
+                storage.set_trial_user_attr(trial_id, key, value)
+            for key, value in frozen.system_attrs.items():
+                storage.set_trial_system_attr(trial_id, key, value)
+            storage.set_trial_state_values(trial_id, state=frozen.state, values=frozen.values)
+        except UpdateFinishedTrialError:
+            log.warning("trial %d of %s was finished elsewhere", frozen.number, self.study.study_name)
+
+    def _loop(self, work: optuna.Study, remaining: int, progress, should_stop) -> None:
         if self.config.parallel == 1:
             for _ in range(remaining):
                 if should_stop and should_stop():
                     return
-                trial = self.study.ask()
+                trial = work.ask()
                 try:
                     self._run_trial(trial, self._weights(trial))
                 except BaseException as e:
                     self._fail(trial, e)
                     raise
+                self._write_back(work)
                 if progress:
                     progress(1)
             return
@@ -392,7 +498,7 @@ class WeightSearch:
                     and len(in_flight) < self.config.parallel
                     and not (should_stop and should_stop())
                 ):
-                    trial = self.study.ask()
+                    trial = work.ask()
                     in_flight[pool.submit(self._run_trial, trial, self._weights(trial))] = trial
                     asked += 1
                 if not in_flight:
@@ -407,6 +513,7 @@ class WeightSearch:
                         raise err
                     if progress:
                         progress(1)
+                self._write_back(work)
 
     # trials asked here and evaluated elsewhere ------------------------------------------------------
     def tally(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:

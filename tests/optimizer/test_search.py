@@ -248,3 +248,25 @@ def test_every_sampler_can_be_driven_from_outside(sampler):
     result = s.result()
     assert result.n_trials == 12 and [t.state for t in result.history] == ["COMPLETE"] * 12
     assert len({t.weights.key() for t in result.history}) == len(ev.calls) == result.evaluations
+
+
+def test_trials_are_stored_whole_in_order_and_an_error_loses_only_unfinished_ones(tmp_path):
+    url = f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    crashing = Counter(fail_after=7)
+    with pytest.raises(RuntimeError, match="worker lost"):
+        search("tpe", 20, storage=url, evaluate=crashing, parallel=3).run()
+    stored = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.number for t in stored] == list(range(len(stored)))  # numbered as they were asked
+    states = [t.state.name for t in stored]
+    assert "RUNNING" not in states and states.count("COMPLETE") == len(crashing.calls) == 7
+    assert "worker lost" in stored[states.index("FAIL")].user_attrs["error"]
+    for t in stored:
+        if t.state.name == "COMPLETE":  # every attribute arrives with its trial
+            assert set(t.user_attrs) >= {"weights", "category_scores", "timings", "objective"}
+            assert t.value == pytest.approx(t.user_attrs["objective"])
+    resumed = Counter()
+    result = search("tpe", 20, storage=url, evaluate=resumed, parallel=3).run()
+    assert result.n_trials == 20 and len(resumed.calls) == 13
+    again = optuna.load_study(study_name="s", storage=url).trials
+    assert [t.number for t in again] == list(range(len(again)))
+    assert [r.number for r in result.history] == [t.number for t in again]
