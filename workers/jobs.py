@@ -20,7 +20,7 @@ import time
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -175,6 +175,7 @@ class JobSpec:
     recipe: RunRecipe
     suite: SuiteSpec
     paths: dict[str, Path]  # label -> candidate folder
+    extra_baselines: dict[str, Path] = field(default_factory=dict)  # name -> folder scored at finalize
 
 
 def job_output(settings: Settings, job_id: int) -> Path:
@@ -204,6 +205,7 @@ def read_job(engine: Engine, job_id: int, settings: Settings) -> JobSpec:
         paths = dict(candidates)
     else:
         paths = candidate_labels([p for _, p in candidates])
+    extra = extra_baselines(stored.pop(EXTRA_BASELINES_KEY, None), where=f"job {job_id}: ")
     ignored = sorted(set(stored) - set(RunRecipe.model_fields))
     if ignored:
         log.info("job %d: recipe keys %s are not search settings; ignored", job_id, ", ".join(ignored))
@@ -219,7 +221,32 @@ def read_job(engine: Engine, job_id: int, settings: Settings) -> JobSpec:
     except RunRecipeError as e:
         raise JobError(str(e)) from None
     suite = SuiteSpec.parse(suite_spec, where=f"job {job_id}: suite: ")
-    return JobSpec(job_id, recipe, suite, paths)
+    return JobSpec(job_id, recipe, suite, paths, extra)
+
+
+EXTRA_BASELINES_KEY = "extra_baselines"  # in Job.recipe beside the search settings (schedules set it)
+
+
+def extra_baselines(value: Any, *, where: str = "") -> dict[str, Path]:
+    """Job.recipe's extra baselines, {name: model folder}, checked (the folders are checked at finalize)."""
+    from workers.pipeline import BASELINES
+
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise JobError(
+            f"{where}{EXTRA_BASELINES_KEY} must map names to model folders, not {type(value).__name__}"
+        )
+    out = {}
+    for name, folder in value.items():
+        if not isinstance(name, str) or not name.isidentifier() or name != name.lower():
+            raise JobError(f"{where}{EXTRA_BASELINES_KEY}: {name!r} is not a lower-case identifier")
+        if name in BASELINES:
+            raise JobError(f"{where}{EXTRA_BASELINES_KEY}: {name!r} is a built-in baseline's name")
+        if not isinstance(folder, str) or not folder.strip():
+            raise JobError(f"{where}{EXTRA_BASELINES_KEY}: {name!r} must name a model folder")
+        out[name] = Path(folder)
+    return out
 
 
 _evaluators: dict[tuple, Any] = {}
@@ -411,7 +438,16 @@ def finalize(ctx: Context) -> dict[str, Any]:
     baselines = baselines_step(inputs, dev, analysis, resident, stages=ctx.progress)
     stored, timings = ctx.stored()
     run = finalize_step(
-        inputs, dev, test, analysis, result, baselines, resident, stages=ctx.progress, seconds=timings
+        inputs,
+        dev,
+        test,
+        analysis,
+        result,
+        baselines,
+        resident,
+        stages=ctx.progress,
+        seconds=timings,
+        extra_baselines=ctx.spec.extra_baselines,
     )
     weights = result.best.weights
     assert weights is not None  # finalize_step refuses a best trial without weights
@@ -436,6 +472,7 @@ def finalize(ctx: Context) -> dict[str, Any]:
             "dev_average": soup["dev_average"],
             "test": soup["test"],
             "test_average": soup["test_average"],
+            "test_average_interval": soup["test_average_interval"],
             "test_average_from_disk": soup["test_average_from_disk"],
             "intervals": soup["intervals"],
             "baselines": {
@@ -453,6 +490,7 @@ def finalize(ctx: Context) -> dict[str, Any]:
         },
     }
     with session_scope(ctx.engine) as session:  # one row per job and folder, also when run twice
+        values["scores"].update(_extra_baseline_scores(session, run.report, ctx.spec.extra_baselines))
         row = session.scalar(select(Soup).where(Soup.job_id == ctx.job_id, Soup.path == str(run.soup_path)))
         if row is None:
             session.add(Soup(job_id=ctx.job_id, path=str(run.soup_path), **values))
@@ -463,6 +501,31 @@ def finalize(ctx: Context) -> dict[str, Any]:
     stored["warnings"] = run.report["warnings"]
     timings = {**timings, "finalize": time.perf_counter() - started}
     return {"analysis": stored, "timings": timings, "finished_at": _now()}
+
+
+def _extra_baseline_scores(session: Any, report: dict[str, Any], extra: dict[str, Path]) -> dict[str, Any]:
+    """`vs_<name>` per extra baseline (a schedule's champion): the paired soup-minus-it interval, or why not.
+
+    `soup_id` is the Soup row stored at that folder (None if it is no soup of ours): the promotion gate
+    uses the interval only when it is the schedule's champion still.
+    """
+    out: dict[str, Any] = {}
+    for name, folder in extra.items():
+        where = Soup.path == str(folder)
+        soup_id = session.scalar(select(Soup.id).where(where).order_by(Soup.id.desc()).limit(1))
+        entry: dict[str, Any] = {"path": str(folder), "soup_id": soup_id}
+        interval = report["soup"]["intervals"].get(f"vs_{name}")
+        if interval is None:
+            entry["error"] = report["baselines_not_scored"].get(name, {}).get("error", "not scored")
+        else:
+            entry.update(
+                difference=interval["diff"],
+                interval=[interval["low"], interval["high"]],
+                level=interval["level"],
+                test_average=report["baselines"][name]["test_average"],
+            )
+        out[f"vs_{name}"] = entry
+    return out
 
 
 STEP_FUNCTIONS: dict[str, Callable[[Context], dict[str, Any]]] = {

@@ -23,9 +23,9 @@ from optimizer.experts import Experts, choose_experts
 from optimizer.greedy import GreedySoup, greedy_soup
 from optimizer.search import SearchConfig, SearchResult, WeightSearch
 from optimizer.space import SearchSpace, SoupWeights
-from soce.checkpoints import Checkpoint, checkpoint_hash, ensure_compatible
+from soce.checkpoints import Checkpoint, check_compatibility, checkpoint_hash, ensure_compatible
 from soce.config import Settings, get_settings
-from soce.errors import EvaluationError, SearchError
+from soce.errors import EvaluationError, SearchError, SoceError
 from soce.schemas.run import RunRecipe
 from soce.schemas.scores import ScoreMatrix, SuiteScores, TaskScore
 from soce.schemas.suite import Split, SuiteSpec, canonical_hash
@@ -316,6 +316,73 @@ def intervals(
     )
 
 
+def own_interval(ev: Evaluated, suite: SuiteSpec, *, iterations: int, level: float, seed: int) -> Interval:
+    """Bootstrap interval of one model's test average (its per-example scores against zeros, paired)."""
+    zeros = Evaluated(
+        {
+            name: s.model_copy(update={"samples": [0.0] * len(s.samples or [])})
+            for name, s in ev.tasks.items()
+        },
+        ev.scores,
+    )
+    return intervals(ev, zeros, suite, iterations=iterations, level=level, seed=seed)
+
+
+@dataclass
+class ExtraBaseline:
+    """A model folder scored on test beside the soup (a schedule's champion): its scores, or why not."""
+
+    name: str
+    path: Path
+    scored: Evaluated | None = None
+    error: str | None = None
+
+
+def extra_test_scores(inputs: RunInputs, name: str, folder: Path) -> ExtraBaseline:
+    """Score `folder` on test with per-example scores, as baselines are; a problem is returned, not raised.
+
+    The folder must be a checkpoint of the candidates' architecture (dtype may differ: a soup may be
+    stored in another one). It is loaded on its own, scored, and released.
+    """
+    import gc
+
+    folder = Path(folder).expanduser()
+    try:
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: no such folder")
+        first = next(iter(inputs.paths.values()))
+        with Checkpoint.open(first) as candidate, Checkpoint.open(folder) as ckpt:
+            report = check_compatibility([candidate, ckpt], same_dtype=False)
+        if not report.ok:
+            raise EvaluationError(
+                f"{folder}: not the candidates' architecture ("
+                + "; ".join(p.message for p in report.problems[:3])
+                + ")"
+            )
+        model, tokenizer = inputs.evaluator.load_checkpoint(folder)
+        try:
+            tasks = inputs.evaluator.evaluate_model(model, tokenizer, inputs.suite, "test", samples=True)
+        finally:
+            del model
+            gc.collect()
+            _release_accelerator_memory()
+    except SoceError as e:
+        log.warning("extra baseline %s (%s) not scored: %s", name, folder, e)
+        return ExtraBaseline(name, folder, error=str(e))
+    except Exception as e:  # a broken folder must not fail the run that reports on it
+        log.exception("extra baseline %s (%s) not scored", name, folder)
+        return ExtraBaseline(name, folder, error=f"{type(e).__name__}: {e}")
+    scores = SuiteScores.aggregate(inputs.suite, "test", candidate=name, evaluator="extra", tasks=tasks)
+    return ExtraBaseline(name, folder, scored=Evaluated(tasks, scores))
+
+
+def _release_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 @dataclass
 class RunResult:
     output: Path
@@ -356,8 +423,13 @@ def finalize_step(
     *,
     stages: Stages | None = None,
     seconds: Mapping[str, float] | None = None,
+    extra_baselines: Mapping[str, Path] | None = None,
 ) -> RunResult:
-    """Write the soup, score it and every baseline on test, intervals, and report.json / report.html."""
+    """Write the soup, score it and every baseline on test, intervals, and report.json / report.html.
+
+    extra_baselines: name -> model folder (a schedule's champion soup) scored on test beside the soup,
+    with a paired interval; one that is missing or cannot be scored is reported, never fatal.
+    """
     from optimizer.report_html import render_report_html
     from soce.merging import write_soup
 
@@ -368,12 +440,18 @@ def finalize_step(
     if best.weights is None:
         raise SearchError(f"study {search.study_name}: the best trial has no weights")
     weights = best.weights
-    with stages.stage("test", total=len(baselines) + 2, unit="model") as advance:
+    extra_baselines = dict(extra_baselines or {})
+    total = len(baselines) + len(extra_baselines) + 2
+    with stages.stage("test", total=total, unit="model") as advance:
         soup_test = test_scores(resident, weights, suite, "soce")
         advance(1)
         base_test = {}
         for name, b in baselines.items():
             base_test[name] = test_scores(resident, b.weights, suite, name)
+            advance(1)
+        extras = []
+        for name, folder in extra_baselines.items():
+            extras.append(extra_test_scores(inputs, name, Path(folder)))
             advance(1)
         level, its = r.confidence, r.bootstrap_iterations
         ci = {
@@ -382,6 +460,12 @@ def finalize_step(
             )
             for name in baselines
         }
+        for extra in extras:
+            if extra.scored is not None:
+                ci[f"vs_{extra.name}"] = intervals(
+                    soup_test, extra.scored, suite, iterations=its, level=level, seed=r.seed
+                )
+        own = own_interval(soup_test, suite, iterations=its, level=level, seed=r.seed)
         soup_scores = {
             "dev average": best.objective,
             "test": {**soup_test.categories, "average": soup_test.scores.average},
@@ -396,6 +480,7 @@ def finalize_step(
         ).average
         advance(1)
     warnings = [*analysis.correlation.warnings, *analysis.experts.warnings]
+    warnings += [f"extra baseline {e.name} ({e.path}) was not scored: {e.error}" for e in extras if e.error]
     if abs(disk_avg - soup_test.scores.average) > 1e-6:
         warnings.append(
             f"the written soup scores {disk_avg:.4f} on test from disk, the resident one "
@@ -446,7 +531,21 @@ def finalize_step(
                 ),
             }
             for name, b in baselines.items()
+        }
+        | {
+            e.name: {
+                "label": e.name,
+                "path": str(e.path),
+                "members": [],
+                "weights": {},
+                "dev_average": None,
+                "test": e.scored.categories,
+                "test_average": e.scored.scores.average,
+            }
+            for e in extras
+            if e.scored is not None
         },
+        "baselines_not_scored": {e.name: {"path": str(e.path), "error": e.error} for e in extras if e.error},
         "soup": {
             "path": str(soup_dir),
             "method": soup.method,
@@ -454,6 +553,7 @@ def finalize_step(
             "dev_average": best.objective,
             "test": soup_test.categories,
             "test_average": soup_test.scores.average,
+            "test_average_interval": [own.low, own.high],
             "test_average_from_disk": disk_avg,
             "intervals": {k: v.as_dict() for k, v in ci.items()},
         },

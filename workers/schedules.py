@@ -123,6 +123,14 @@ def _start_run(session: Session, schedule: Schedule, due_at: datetime, now: date
     recipe = dict(schedule.recipe_template)
     suite = session.get(Suite, recipe.pop("suite_id", None))
     problem = "the recipe's suite does not exist" if suite is None else None
+    champion = schedule.champion
+    if champion is not None:  # scored on test by the job, for a paired interval of soup minus champion
+        extra = recipe.get("extra_baselines") or {}
+        if not isinstance(extra, dict):
+            problem = problem or "the recipe's extra_baselines is not a mapping of name to folder"
+        else:
+            recipe["extra_baselines"] = {**extra, "champion": champion.path}
+            run.details["champion_soup_id"] = champion.id
     if problem is None and schedule.candidate_source.get("glob"):  # folders nobody checked yet
         problem = _incompatibility(candidates)
     if suite is None or problem is not None:
@@ -213,34 +221,73 @@ def tick(
 def _metric(soup: Soup, metric: str) -> tuple[float, float]:
     """The soup's value of `metric` and the half-width of its confidence interval (0 when unknown)."""
     scores = soup.scores or {}
+    if metric not in scores:
+        raise LookupError(f"soup {soup.id} has no score {metric!r}")
     value = float(scores[metric])
     interval = scores.get(f"{metric}_interval")
     half = (float(interval[1]) - float(interval[0])) / 2 if interval else 0.0
     return value, half
 
 
+PAIRED_METRIC = "test_average"  # the metric the job's paired soup-minus-champion interval is on
+
+
+def _paired(soup: Soup, champion: Soup, metric: str) -> tuple[dict[str, Any] | None, str | None]:
+    """The job's paired interval of soup minus `champion` (scores["vs_champion"]), or why it is unusable."""
+    found = (soup.scores or {}).get("vs_champion")
+    if metric != PAIRED_METRIC:
+        return None, f"the paired interval is on {PAIRED_METRIC}, the policy's metric is {metric}"
+    if not found:
+        return None, "the job did not score the champion"
+    if found.get("error"):
+        return None, f"the job could not score the champion: {found['error']}"
+    if found.get("soup_id") != champion.id:
+        scored = f"soup {found.get('soup_id')} ({found.get('path')})"
+        return None, f"the job scored {scored}, not the champion, soup {champion.id}"
+    return found, None
+
+
 def gate(soup: Soup, champion: Soup | None, policy: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
     """Promote `soup` over `champion`? Promote when the lower bound of (soup - champion) > min_improvement.
 
-    The difference's interval combines both soups' intervals (independent, so half-widths add in
-    quadrature); the first run of a schedule has no champion and is promoted.
+    The interval is the job's paired bootstrap one (both soups scored on the same test examples) when
+    the job scored the champion; otherwise both soups' own intervals combined as independent (half-widths
+    in quadrature), and the details say why. The first run of a schedule has no champion and is promoted.
     """
     metric = policy.get("metric", "test_average")
     value, half = _metric(soup, metric)
     if champion is None:
         return True, {"metric": metric, "soup": value, "champion": None}
+    minimum = float(policy.get("min_improvement", 0.0))
+    paired, why = _paired(soup, champion, metric)
+    if paired is not None:
+        diff, (low, high) = float(paired["difference"]), (float(x) for x in paired["interval"])
+        details = {
+            "metric": metric,
+            "method": "paired",
+            "soup": value,
+            "champion": float(paired.get("test_average", value - diff)),  # as scored by this job
+            "champion_recorded": _metric(champion, metric)[0],
+            "difference": diff,
+            "interval": [low, high],
+            "level": paired.get("level"),
+            "min_improvement": minimum,
+        }
+        return low > minimum, details
     best, best_half = _metric(champion, metric)
     diff, margin = value - best, math.hypot(half, best_half)
     low = diff - margin
     details = {
         "metric": metric,
+        "method": "independent",
+        "fallback_reason": why,
         "soup": value,
         "champion": best,
         "difference": diff,
         "interval": [low, diff + margin],
-        "min_improvement": float(policy.get("min_improvement", 0.0)),
+        "min_improvement": minimum,
     }
-    return low > details["min_improvement"], details
+    return low > minimum, details
 
 
 def write_champion(data_dir: Path, schedule: Schedule, soup: Soup) -> Path:

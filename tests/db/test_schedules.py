@@ -62,13 +62,31 @@ def _runs(engine: Engine) -> list[tuple[str, int | None, dict, str | None]]:
         return [(r.outcome, r.job_id, dict(r.details), r.error) for r in rows]
 
 
-def _finish(engine: Engine, job_id: int, value: float, half: float = 0.0) -> None:
+def _finish(
+    engine: Engine, job_id: int, value: float, half: float = 0.0, vs_champion: dict | None = None
+) -> None:
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         assert job is not None
         job.state = "done"
         scores = {"test_average": value, "test_average_interval": [value - half, value + half]}
+        if vs_champion is not None:  # what the job's finalize stores when it scored the champion
+            scores["vs_champion"] = vs_champion
         session.add(Soup(job_id=job_id, path=f"/soups/{job_id}", weights={}, scores=scores))
+
+
+def _new_candidate(engine: Engine, name: str) -> None:
+    with session_scope(engine) as session:  # a new candidate, so the next run is not skipped
+        c = Candidate(name=name, path=f"/ckpt/{name}")
+        c.tags.append("nightly")
+        session.add(c)
+
+
+def _soup_id(engine: Engine, job_id: int) -> int:
+    with session_scope(engine) as session:
+        soup_id = session.scalar(select(Soup.id).where(Soup.job_id == job_id))
+        assert soup_id is not None
+        return soup_id
 
 
 def test_due_gives_one_job_and_not_due_none(engine: Engine, tmp_path: Path) -> None:
@@ -124,11 +142,13 @@ def test_gate_promotes_first_then_only_a_clear_gain(engine: Engine, tmp_path: Pa
     assert pointer["path"] == f"/soups/{first}"
 
     def next_run(day: int, value: float, half: float) -> None:
-        with session_scope(engine) as session:  # a new candidate, so the run is not skipped
-            c = Candidate(name=f"new{day}", path=f"/ckpt/new{day}")
-            c.tags.append("nightly")
-            session.add(c)
+        _new_candidate(engine, f"new{day}")
         [job_id] = tick(engine, NOW + timedelta(days=day), send=lambda *_: None)
+        with session_scope(engine) as session:  # the job scores the champion of the day it started
+            job = session.get(Job, job_id)
+            schedule = session.get(Schedule, schedule_id)
+            assert job is not None and schedule is not None and schedule.champion is not None
+            assert job.recipe["extra_baselines"] == {"champion": schedule.champion.path}
         _finish(engine, job_id, value, half)
         tick(engine, NOW + timedelta(days=day, minutes=1), data_dir=tmp_path, send=lambda *_: None)
 
@@ -137,6 +157,10 @@ def test_gate_promotes_first_then_only_a_clear_gain(engine: Engine, tmp_path: Pa
     runs = _runs(engine)
     assert [r[0] for r in runs] == ["promoted", "not_better", "promoted"]
     numbers = runs[1][2]["gate"]
+    assert (
+        numbers["method"] == "independent"
+        and numbers["fallback_reason"] == "the job did not score the champion"
+    )
     assert numbers["soup"] == pytest.approx(0.52) and numbers["champion"] == pytest.approx(0.50)
     assert numbers["interval"][0] < 0.01 < numbers["interval"][1]
     with session_scope(engine) as session:
@@ -155,6 +179,94 @@ def test_failed_job_fails_the_run(engine: Engine, tmp_path: Path) -> None:
         job.state, job.error = "failed", "out of memory"
     tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=lambda *_: None)
     assert _runs(engine)[0][0] == "failed" and _runs(engine)[0][3] == "out of memory"
+
+
+def test_gate_judges_on_the_paired_interval_the_job_stored(engine: Engine, tmp_path: Path) -> None:
+    schedule_id = _schedule(engine, min_improvement=0.01)
+    [first] = tick(engine, NOW, send=lambda *_: None)
+    _finish(engine, first, 0.50, half=0.05)
+    tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=lambda *_: None)
+    champion_id = _soup_id(engine, first)
+
+    def next_run(day: int, value: float, vs: dict) -> None:
+        _new_candidate(engine, f"new{day}")
+        [job_id] = tick(engine, NOW + timedelta(days=day), send=lambda *_: None)
+        _finish(engine, job_id, value, half=0.05, vs_champion=vs)
+        tick(engine, NOW + timedelta(days=day, minutes=1), data_dir=tmp_path, send=lambda *_: None)
+
+    # +0.02 with wide own intervals (independent: [-0.05, 0.09]) but a tight paired one: promoted
+    paired = {"difference": 0.02, "interval": [0.015, 0.025], "level": 0.95, "test_average": 0.50}
+    next_run(1, 0.52, {**paired, "path": f"/soups/{first}", "soup_id": champion_id})
+    runs = _runs(engine)
+    assert [r[0] for r in runs] == ["promoted", "promoted"]
+    assert runs[0][2].get("champion_soup_id") is None and runs[1][2]["champion_soup_id"] == champion_id
+    numbers = runs[1][2]["gate"]
+    assert numbers["method"] == "paired" and numbers["interval"] == [0.015, 0.025]
+    assert numbers["difference"] == pytest.approx(0.02) and numbers["champion"] == pytest.approx(0.50)
+    second = _soup_id(engine, runs[1][1])
+    # a paired interval whose lower bound is not above min_improvement: not better, with the numbers
+    low = {"difference": 0.03, "interval": [0.005, 0.055], "level": 0.95, "test_average": 0.52}
+    next_run(2, 0.55, {**low, "path": f"/soups/{runs[1][1]}", "soup_id": second})
+    outcome, _, details, error = _runs(engine)[2]
+    assert outcome == "not_better" and error is None
+    assert details["gate"]["method"] == "paired" and details["gate"]["interval"] == [0.005, 0.055]
+    assert details["gate"]["min_improvement"] == 0.01 and details["gate"]["soup"] == pytest.approx(0.55)
+    with session_scope(engine) as session:
+        schedule = session.get(Schedule, schedule_id)
+        assert schedule is not None and schedule.champion_soup_id == second
+
+
+def _soups(vs: dict | None, *, soup_half: float = 0.05) -> tuple[Soup, Soup]:
+    champion = Soup(id=7, path="/soups/7", weights={}, scores={"test_average": 0.50})
+    scores: dict = {"test_average": 0.56, "test_average_interval": [0.56 - soup_half, 0.56 + soup_half]}
+    if vs is not None:
+        scores["vs_champion"] = vs
+    return Soup(id=8, path="/soups/8", weights={}, scores=scores), champion
+
+
+def test_gate_prefers_the_paired_interval() -> None:
+    paired = {"difference": 0.06, "interval": [0.03, 0.09], "level": 0.95, "soup_id": 7, "test_average": 0.5}
+    promote, details = gate(*_soups(paired), {"min_improvement": 0.02})
+    assert promote and details["method"] == "paired" and details["interval"] == [0.03, 0.09]
+    assert details["champion_recorded"] == pytest.approx(0.50)
+    # a lower bound of 0.03 is not above 0.04: refused, although the point estimate (+0.06) is above
+    promote, details = gate(*_soups(paired), {"min_improvement": 0.04})
+    assert not promote and details["method"] == "paired"
+    independent, _ = gate(*_soups(None, soup_half=0.0), {"min_improvement": 0.04})
+    assert independent  # without the paired interval: 0.06 > 0.04 on point estimates
+
+
+@pytest.mark.parametrize(
+    ("vs", "metric", "reason"),
+    [
+        (None, "test_average", "the job did not score the champion"),
+        (
+            {"error": "/soups/7: no such folder", "path": "/soups/7", "soup_id": 7},
+            "test_average",
+            "the job could not score the champion: /soups/7: no such folder",
+        ),
+        (
+            {"difference": 0.06, "interval": [0.03, 0.09], "soup_id": 3, "path": "/soups/3"},
+            "test_average",
+            "the job scored soup 3 (/soups/3), not the champion, soup 7",
+        ),
+        (
+            {"difference": 0.06, "interval": [0.03, 0.09], "soup_id": 7},
+            "test_a",
+            "the paired interval is on test_average, the policy's metric is test_a",
+        ),
+    ],
+)
+def test_gate_falls_back_to_independent_intervals_and_says_why(
+    vs: dict | None, metric: str, reason: str
+) -> None:
+    soup, champion = _soups(vs)
+    soup.scores["test_a"], champion.scores["test_a"] = 0.56, 0.50
+    promote, details = gate(soup, champion, {"metric": metric, "min_improvement": 0.02})
+    assert details["method"] == "independent" and details["fallback_reason"] == reason
+    # 0.06 - 0.05 (the soup's half-width; the champion has none) = 0.01, not above 0.02
+    low = 0.01 if metric == "test_average" else 0.06
+    assert details["interval"][0] == pytest.approx(low) and promote is (low > 0.02)
 
 
 def test_gate_without_interval_compares_values() -> None:

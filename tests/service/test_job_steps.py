@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -12,9 +14,12 @@ from sqlalchemy import select
 from soce.config import Settings
 from soce.db import Candidate, Job, Suite, create_app_engine, session_scope
 from soce.db.migrate import upgrade
+from soce.db.models import Schedule, ScheduleRun, Soup
+from soce.schemas.suite import SuiteSpec, canonical_hash
 from tests.db.conftest import postgres_url  # noqa: F401  (a fixture, used by name)
 from workers import jobs, metrics
 from workers.jobs import ResidentCache, resident_cache, run_job, run_step, run_task
+from workers.schedules import tick
 from workers.trials import study_lock
 
 SUITE = {"name": "s", "categories": [{"name": "a", "tasks": [{"name": "t_a"}]}]}
@@ -76,6 +81,22 @@ def test_bad_recipe_is_refused_naming_the_field(engine, settings, make_checkpoin
     run_step("soce.job.start", job_id, settings=settings, engine=engine)
     job = read(engine, job_id)
     assert job.state == "failed" and "n_trials" in job.error
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["/soups/1"], "extra_baselines must map names to model folders, not list"),
+        ({"Champion": "/soups/1"}, "extra_baselines: 'Champion' is not a lower-case identifier"),
+        ({"greedy": "/soups/1"}, "extra_baselines: 'greedy' is a built-in baseline's name"),
+        ({"champion": ""}, "extra_baselines: 'champion' must name a model folder"),
+    ],
+)
+def test_bad_extra_baselines_are_refused_at_start(engine, settings, make_checkpoints, extra, message):
+    job_id = add_job(engine, make_checkpoints(2), recipe={"n_trials": 3, "extra_baselines": extra})
+    run_step("soce.job.start", job_id, settings=settings, engine=engine)
+    job = read(engine, job_id)
+    assert job.state == "failed" and job.error == f"start: job {job_id}: {message}"
 
 
 def test_start_moves_a_valid_job_to_scoring(engine, settings, make_checkpoints):
@@ -195,3 +216,139 @@ def test_score_cache_counters_never_fail_a_job(caplog: pytest.LogCaptureFixture)
     metrics.count_score_cache("redis://127.0.0.1:1/0", hits=1, misses=1)  # nothing listens on port 1
     assert "score cache counters at redis://127.0.0.1:1/0 not updated" in caplog.text
     metrics.count_score_cache("memory://", hits=1, misses=1)  # not Redis: not counted, no error
+
+
+# --- a schedule's champion scored at finalize, on the tiny zoo -------------------------------------
+NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
+
+
+def soup_of(engine, job_id: int) -> Soup:
+    with session_scope(engine) as session:
+        soup = session.scalars(select(Soup).where(Soup.job_id == job_id)).one()
+        session.expunge(soup)
+        return soup
+
+
+def runs(engine) -> list[ScheduleRun]:
+    with session_scope(engine) as session:
+        rows = session.scalars(select(ScheduleRun).order_by(ScheduleRun.due_at)).all()
+        for r in rows:
+            session.expunge(r)
+        return list(rows)
+
+
+@pytest.mark.slow
+def test_scheduled_run_scores_the_champion_and_the_gate_uses_the_paired_interval(
+    engine, tiny_zoo: Path, redis_url: str, tmp_path: Path
+):
+    settings = Settings(data_dir=tmp_path / "data", broker_url=redis_url)
+    folders = sorted((tiny_zoo / "candidates").iterdir())[:4]  # 4 of the zoo and 12 examples a task: fast
+    spec = {**SuiteSpec.from_file(tiny_zoo / "suite.yaml").model_dump(mode="json"), "limit": 12}
+    recipe = {"sampler": "tpe", "n_trials": 2, "bootstrap_iterations": 200}
+    with session_scope(engine) as session:
+        suite = Suite(name=spec["name"], spec=spec, content_hash=canonical_hash(spec))
+        session.add(suite)
+        for folder in folders[:-1]:  # the last candidate appears on the second night
+            c = Candidate(name=folder.name, path=str(folder))
+            c.tags.append("nightly")
+            session.add(c)
+        session.flush()
+        session.add(
+            Schedule(
+                name="nightly",
+                cron="0 2 * * *",
+                timezone="UTC",
+                recipe_template={"suite_id": suite.id, **recipe},
+                candidate_source={"tag": "nightly"},
+                promotion_policy={"metric": "test_average", "min_improvement": 0.0},
+                next_run_at=NOW,
+            )
+        )
+
+    def night(day: int) -> int:
+        [job_id] = tick(engine, NOW + timedelta(days=day), send=lambda *_: None)
+        assert run_job(job_id, settings=settings, engine=engine) == "done", read(engine, job_id).error
+        tick(engine, NOW + timedelta(days=day, minutes=1), data_dir=settings.data_dir, send=lambda *_: None)
+        return job_id
+
+    first = night(0)
+    champion = soup_of(engine, first)
+    assert runs(engine)[0].outcome == "promoted" and "extra_baselines" not in read(engine, first).recipe
+    low, high = champion.scores["test_average_interval"]  # its own interval, for a fallback gate
+    assert low <= champion.scores["test_average"] <= high and low < high
+
+    with session_scope(engine) as session:
+        c = Candidate(name=folders[-1].name, path=str(folders[-1]))
+        c.tags.append("nightly")
+        session.add(c)
+    second = night(1)
+    assert read(engine, second).recipe["extra_baselines"] == {"champion": champion.path}
+    soup = soup_of(engine, second)
+    report = json.loads(Path(soup.lineage["report"]).read_text())
+    # the champion folder scored on test as the job's own soup is scored from disk
+    scored = report["baselines"]["champion"]
+    assert scored["path"] == champion.path and set(scored["test"]) == set(report["categories"])
+    assert scored["test_average"] == pytest.approx(champion.scores["test_average_from_disk"], abs=1e-9)
+    interval = report["soup"]["intervals"]["vs_champion"]
+    assert interval["diff"] == pytest.approx(soup.scores["test_average"] - scored["test_average"], abs=1e-9)
+    assert interval["low"] <= interval["diff"] <= interval["high"] and interval["iterations"] == 200
+    vs = soup.scores["vs_champion"]
+    assert vs["soup_id"] == champion.id and vs["interval"] == [interval["low"], interval["high"]]
+    assert report["baselines_not_scored"] == {}
+    run = runs(engine)[1]
+    assert run.details["champion_soup_id"] == champion.id
+    gate = run.details["gate"]
+    assert gate["method"] == "paired" and gate["interval"] == vs["interval"]
+    assert run.outcome == ("promoted" if vs["interval"][0] > 0.0 else "not_better"), gate
+
+    # the champion's folder vanished before the next job's finalize: the job ends, the gate falls back
+    with session_scope(engine) as session:
+        schedule = session.scalars(select(Schedule)).one()
+        current = schedule.champion
+        assert current is not None
+        gone = Path(current.path)
+        candidates = session.scalars(select(Candidate).order_by(Candidate.id)).all()
+        job = Job(
+            name="third night",
+            suite=session.scalars(select(Suite)).one(),
+            recipe={**recipe, "extra_baselines": {"champion": str(gone)}},
+            state="queued",
+            candidates=list(candidates),
+        )
+        session.add(job)
+        session.flush()
+        third = job.id
+        session.add(
+            ScheduleRun(
+                schedule_id=schedule.id,
+                due_at=NOW + timedelta(days=2),
+                outcome="running",
+                job_id=third,
+                details={},
+            )
+        )
+    gone.rename(gone.with_name("moved-away"))
+    assert run_job(third, settings=settings, engine=engine) == "done", read(engine, third).error
+    soup = soup_of(engine, third)
+    report = json.loads(Path(soup.lineage["report"]).read_text())
+    assert "champion" not in report["baselines"] and "vs_champion" not in report["soup"]["intervals"]
+    assert report["baselines_not_scored"] == {
+        "champion": {"path": str(gone), "error": f"{gone}: no such folder"}
+    }
+    assert any("extra baseline champion" in w and "no such folder" in w for w in report["warnings"])
+    assert soup.scores["vs_champion"] == {
+        "path": str(gone),
+        "soup_id": current.id,
+        "error": f"{gone}: no such folder",
+    }
+    tick(engine, NOW + timedelta(days=2, minutes=1), data_dir=settings.data_dir, send=lambda *_: None)
+    run = runs(engine)[2]
+    gate = run.details["gate"]
+    assert gate["method"] == "independent" and run.outcome in ("promoted", "not_better")
+    assert gate["fallback_reason"] == f"the job could not score the champion: {gone}: no such folder"
+    own = soup.scores["test_average_interval"]
+    champion_half = (
+        current.scores["test_average_interval"][1] - current.scores["test_average_interval"][0]
+    ) / 2
+    margin = ((own[1] - own[0]) / 2) ** 2 + champion_half**2
+    assert gate["interval"][0] == pytest.approx(gate["difference"] - margin**0.5)
