@@ -38,7 +38,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     app = FastAPI(title="SoCE", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
-    app.state.engine = get_engine(settings.app_database_url())
+    app.state.engine = get_engine(settings.app_database_url(), pre_ping=False)
     app.state.queue = queue
     app.state.optuna = optuna
     app.state.worker_probe = lambda: queue.workers(timeout=health.WORKER_PING_SECONDS)

@@ -4,14 +4,34 @@ Loading `Job` entities would decode every JSON column and load the suite with it
 candidate rows (with their tags) for each job, only to show a few fields. These read columns of the
 tables with SQLAlchemy Core instead: a page of jobs is one query (its rows, each one's candidate ids
 and the total), one job two (its row with the suite's name and the latest soup, then its candidates).
+
+The routes run them through `read`: on a connection of its own in autocommit mode (no BEGIN and
+ROLLBACK round trips; a job's candidates never change once it is stored, so its two queries need no
+common snapshot), again on a new connection when the first turns out to be dead.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Row, Select, String, Table, bindparam, cast, func, select
+from sqlalchemy import (
+    Connection,
+    DateTime,
+    Engine,
+    Row,
+    Select,
+    String,
+    Table,
+    bindparam,
+    cast,
+    func,
+    select,
+    type_coerce,
+)
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 
 from api.schemas import CandidateBrief, SoupBrief, SuiteBrief
@@ -22,7 +42,11 @@ suites: Table = Suite.__table__  # type: ignore[assignment]
 soups: Table = Soup.__table__  # type: ignore[assignment]
 candidates: Table = Candidate.__table__  # type: ignore[assignment]
 
-# what a list item shows (JobPublic's fields but candidate_ids): no recipe, analysis or timings
+_TIMES = ("created_at", "updated_at", "started_at", "finished_at")
+# What a list item shows (JobPublic's fields but candidate_ids): no recipe, analysis or timings. The
+# timestamps come as the driver gives them, not through UTCDateTime's processing (a fifth of a page's
+# read): _utc does the same for the few that are not in UTC already (the API's PostgreSQL sessions run
+# in UTC, see soce/db/engine.py; SQLite gives naive ones).
 _LISTED = (
     jobs.c.id,
     jobs.c.name,
@@ -30,12 +54,8 @@ _LISTED = (
     jobs.c.suite_id,
     jobs.c.progress,
     jobs.c.error,
-    jobs.c.created_at,
-    jobs.c.updated_at,
-    jobs.c.started_at,
-    jobs.c.finished_at,
+    *(type_coerce(jobs.c[t], DateTime(timezone=True)).label(t) for t in _TIMES),
 )
-_LISTED_KEYS = tuple(c.key for c in _LISTED)
 # One job, built once: its row with the suite's name and its latest soup, then its candidates.
 _JOB_ID = bindparam("job_id")
 _DETAIL = (
@@ -66,16 +86,57 @@ _CANDIDATES = (
 )
 
 
+T = TypeVar("T")
+
+
+def read(engine: Engine, query: Callable[..., T], /, **params: Any) -> T:
+    """`query(session=connection, **params)` on an autocommit connection; once more if it was dead.
+
+    The API's engine does not test connections when they are checked out (soce/db/engine.py), so a
+    connection the server closed (a restart, an idle timeout) shows up here as an error that
+    invalidates it and the pool's older ones: a read is safe to repeat, on a new connection.
+    """
+    try:
+        return _autocommit(engine, query, params)
+    except DBAPIError as e:
+        if not e.connection_invalidated:
+            raise
+    return _autocommit(engine, query, params)
+
+
+def _autocommit(engine: Engine, query: Callable[..., T], params: dict[str, Any]) -> T:
+    with engine.connect() as connection:
+        connection.execution_options(isolation_level="AUTOCOMMIT")
+        return query(session=connection, **params)
+
+
+def _utc(value: datetime | None) -> datetime | None:
+    """UTCDateTime's reading of a timestamp: aware, in UTC."""
+    if value is None or value.tzinfo is UTC:
+        return value
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
 def _public(row: Row[Any], candidate_ids: list[int]) -> dict[str, Any]:
-    """JobPublic's fields of a row that starts with the _LISTED columns (the rest are left out)."""
-    fields = dict(zip(_LISTED_KEYS, row, strict=False))
-    fields["progress"] = fields["progress"] or {}
-    fields["candidate_ids"] = candidate_ids
-    return fields
+    """JobPublic's fields, in its order, of a row that starts with the _LISTED columns."""
+    job_id, name, state, suite_id, progress, error, created, updated, started, finished = row[:10]
+    return {
+        "id": job_id,
+        "name": name,
+        "state": state,
+        "suite_id": suite_id,
+        "candidate_ids": candidate_ids,
+        "progress": progress or {},
+        "error": error,
+        "created_at": _utc(created),
+        "updated_at": _utc(updated),
+        "started_at": _utc(started),
+        "finished_at": _utc(finished),
+    }
 
 
 def _ids(joined: str | None) -> list[int]:
-    return sorted(int(i) for i in joined.split(",")) if joined else []
+    return sorted(map(int, joined.split(","))) if joined else []
 
 
 def _escape_like(text: str) -> str:
@@ -113,7 +174,12 @@ def _page_queries(by_state: bool, by_name: bool) -> tuple[Select[Any], Select[An
 
 
 def job_page(
-    *, session: Session, state: str | None = None, name: str | None = None, limit: int = 50, offset: int = 0
+    *,
+    session: Session | Connection,
+    state: str | None = None,
+    name: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
 ) -> tuple[list[dict[str, Any]], int]:
     """A page of jobs (JobPublic's fields), newest first, and how many match in all.
 
@@ -133,7 +199,7 @@ def job_page(
     return [_public(r, _ids(r.candidate_ids)) for r in rows], count
 
 
-def job_detail(*, session: Session, job_id: int) -> dict[str, Any] | None:
+def job_detail(*, session: Session | Connection, job_id: int) -> dict[str, Any] | None:
     """JobDetail's fields of one job but the best trial and the analysis' parts; None if there is none."""
     row = session.execute(_DETAIL, {"job_id": job_id}).one_or_none()
     if row is None:

@@ -3,16 +3,24 @@
 Creates a throwaway app database (`soce_bench_<random>`, migrated with our migrations) and a throwaway
 Optuna database beside it, fills them with JOBS jobs as the workers leave them (a suite, candidates,
 jobs in every state; the searched ones with an Optuna study and its trials, those past the search with
-its summary in their analysis, the finished ones with a soup), starts `soce serve` with
-SERVER_WORKERS worker processes (default 2: one per CPU of a 2-CPU machine) on a free port, and runs
-CLIENTS async HTTP clients for SECONDS, each with its own keep-alive connection, alternating at random
-between `GET /v1/jobs` (a page at a random offset) and `GET /v1/jobs/{id}` (a random job). Reads need
-no API key.
+its summary in their analysis, the finished ones with a soup), vacuums and analyzes them as autovacuum
+would soon after such a load (without planner statistics a page of jobs costs PostgreSQL 1.7 times the
+CPU), starts `soce serve` with SERVER_WORKERS worker processes (default 2: one per CPU of a 2-CPU
+machine) on a free port, and runs CLIENTS async HTTP clients for SECONDS, each with its own keep-alive
+connection, in a closed loop alternating at random between `GET /v1/jobs` (a page at a random offset)
+and `GET /v1/jobs/{id}` (a random job). Reads need no API key.
+
+The clients are opened and warmed up (one read of each kind, bodies checked) before the clock and the
+CPU meters start; they run on uvloop where it is installed. One AsyncClient per client, not one
+shared by all: httpx's pool costs the shared client about three times the CPU per request at 50
+connections, and the clients share the CPUs with the server.
 
 Printed per endpoint and overall: requests, throughput (req/s), p50 and p99 latency as the clients
 see it, and errors (any status but 200, and transport errors); target beside it: p99 < 100 ms at 50
-clients, no errors. The clients share the machine with the server, so a loaded machine shows in the
-numbers (the load average is printed before and after). Both databases are dropped at the end, also
+clients, no errors. Then CPU per request of the server's processes, of the PostgreSQL backends that
+serve it and of the clients, and what that allows: in a closed loop, mean latency = clients /
+throughput (Little's law). The clients share the machine with the server, so a loaded machine shows in
+the numbers (the load average is printed before and after). Both databases are dropped at the end, also
 after Ctrl-C or an error.
 
     python bench/api_load.py [--clients 50] [--seconds 20] [--jobs 1000] [--page-size 50]
@@ -37,6 +45,7 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -204,60 +213,123 @@ class Tally:
             self.examples.append(f"{endpoint}: {what}")
 
 
-async def one_client(
-    base: str, *, until: float, ids: list[int], page: int, rng: random.Random, tally: Tally
-) -> None:
+async def open_client(base: str, *, ids: list[int], page: int, rng: random.Random) -> httpx.AsyncClient:
+    """A client with its own keep-alive connection, opened and warmed up: one read of each kind, with
+    their bodies checked (not counted)."""
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-    async with httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits) as http:
-        # warm-up, not counted: the connection and one read of each kind, with their bodies checked
-        page_body = (await http.get("/v1/jobs", params={"limit": page})).json()
-        assert page_body["total"] == len(ids), page_body
-        job_id = rng.choice(ids)
-        assert (await http.get(f"/v1/jobs/{job_id}")).json()["id"] == job_id
-        while time.perf_counter() < until:
-            if rng.random() < 0.5:
-                endpoint, url = LIST, "/v1/jobs"
-                params = {"limit": page, "offset": rng.randrange(0, max(1, len(ids) - page + 1))}
-            else:
-                endpoint, url, params = DETAIL, f"/v1/jobs/{rng.choice(ids)}", None
-            started = time.perf_counter()
-            try:
-                r = await http.get(url, params=params)
-                if r.status_code != 200:
-                    tally.error(endpoint, f"{r.status_code} {r.text[:200]}")
-            except httpx.HTTPError as e:
-                tally.error(endpoint, f"{type(e).__name__}: {e}")
-            tally.latencies[endpoint].append(time.perf_counter() - started)
+    http = httpx.AsyncClient(base_url=base, timeout=30.0, limits=limits)
+    page_body = (await http.get(f"/v1/jobs?limit={page}")).json()
+    assert page_body["total"] == len(ids), page_body
+    job_id = rng.choice(ids)
+    assert (await http.get(f"/v1/jobs/{job_id}")).json()["id"] == job_id
+    return http
+
+
+async def one_client(
+    http: httpx.AsyncClient, *, until: float, ids: list[int], page: int, rng: random.Random, tally: Tally
+) -> None:
+    """Closed loop: the next request as soon as the last one's body is in, until `until`."""
+    offsets = max(1, len(ids) - page + 1)
+    while time.perf_counter() < until:
+        if rng.random() < 0.5:
+            endpoint, url = LIST, f"/v1/jobs?limit={page}&offset={rng.randrange(offsets)}"
+        else:
+            endpoint, url = DETAIL, f"/v1/jobs/{rng.choice(ids)}"
+        started = time.perf_counter()
+        try:
+            r = await http.get(url)
+            if r.status_code != 200:
+                tally.error(endpoint, f"{r.status_code} {r.text[:200]}")
+        except httpx.HTTPError as e:
+            tally.error(endpoint, f"{type(e).__name__}: {e}")
+        tally.latencies[endpoint].append(time.perf_counter() - started)
+
+
+class CpuMeter:
+    """CPU seconds used by this process, the server's process group and the PostgreSQL backends that
+    serve the bench's database (they run on the same machine: their work per request is the server's
+    too). A backend that starts during the run counts whole; one that ends during it is missed."""
+
+    def __init__(self, server_pgid: int, admin_url: str, database: str) -> None:
+        self.server_pgid, self.admin_url, self.database = server_pgid, admin_url, database
+
+    def read(self) -> dict[str, Any]:
+        backends = {pid: pids_cpu_seconds([pid]) for pid in backend_pids(self.admin_url, self.database)}
+        return {
+            "server": group_cpu_seconds(self.server_pgid),
+            "postgres": {pid: t for pid, t in backends.items() if t is not None},
+            "clients": time.process_time(),
+        }
+
+    @staticmethod
+    def used(before: dict[str, Any], after: dict[str, Any]) -> dict[str, float | None]:
+        old = before["postgres"]
+        return {
+            "server": None
+            if None in (before["server"], after["server"])
+            else after["server"] - before["server"],
+            "postgres": sum(t - old.get(pid, 0.0) for pid, t in after["postgres"].items()) or None,
+            "clients": after["clients"] - before["clients"],
+        }
 
 
 async def run_load(
-    base: str, *, clients: int, seconds: float, ids: list[int], page: int
-) -> tuple[Tally, float]:
+    base: str, *, clients: int, seconds: float, ids: list[int], page: int, meter: CpuMeter
+) -> tuple[Tally, float, dict[str, float | None]]:
+    """The tally, the seconds the clients ran and the CPU seconds used meanwhile; the clients are
+    opened and warmed up before the clock and the CPU meters start."""
+    rngs = [random.Random(i) for i in range(clients)]
+    https = await asyncio.gather(*(open_client(base, ids=ids, page=page, rng=rng) for rng in rngs))
     tally = Tally()
-    started = time.perf_counter()
-    until = started + seconds
-    await asyncio.gather(
-        *(
-            one_client(base, until=until, ids=ids, page=page, rng=random.Random(i), tally=tally)
-            for i in range(clients)
+    try:
+        before = meter.read()
+        started = time.perf_counter()
+        until = started + seconds
+        await asyncio.gather(
+            *(
+                one_client(http, until=until, ids=ids, page=page, rng=rng, tally=tally)
+                for http, rng in zip(https, rngs, strict=True)
+            )
         )
-    )
-    return tally, time.perf_counter() - started
+        wall = time.perf_counter() - started
+        after = meter.read()
+    finally:
+        await asyncio.gather(*(http.aclose() for http in https))
+    return tally, wall, meter.used(before, after)
+
+
+def _cpu_seconds(stat: Path) -> tuple[int, int] | None:
+    """(process group, user + system ticks) of one /proc/PID/stat; None if the process has ended."""
+    try:
+        fields = stat.read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return int(fields[2]), int(fields[11]) + int(fields[12])  # fields after the name: state, ppid, pgrp
 
 
 def group_cpu_seconds(pgid: int) -> float | None:
     """CPU seconds (user + system) used so far by the processes of group `pgid`; None without /proc."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total, found = 0, False
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:  # the process ended meanwhile
-            continue
-        if int(fields[2]) == pgid:  # fields after the command name: state, ppid, pgrp, ...
-            total += int(fields[11]) + int(fields[12])
-            found = True
-    return total / ticks if found else None
+    found = [t for g, t in filter(None, map(_cpu_seconds, Path("/proc").glob("[0-9]*/stat"))) if g == pgid]
+    return sum(found) / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def pids_cpu_seconds(pids: list[int]) -> float | None:
+    """CPU seconds used so far by these processes (those still running); None if none is."""
+    found = [r[1] for r in (_cpu_seconds(Path(f"/proc/{pid}/stat")) for pid in pids) if r is not None]
+    return sum(found) / os.sysconf("SC_CLK_TCK") if found else None
+
+
+def backend_pids(admin_url: str, database: str) -> list[int]:
+    """The PostgreSQL backends connected to `database` (the server's pools, warmed up by then)."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(admin_url)
+    try:
+        with engine.connect() as conn:
+            query = text("SELECT pid FROM pg_stat_activity WHERE datname = :d AND pid <> pg_backend_pid()")
+            return list(conn.scalars(query, {"d": database}))
+    finally:
+        engine.dispose()
 
 
 def start_server(env: dict[str, str], port: int, workers: int, log: Path) -> subprocess.Popen:
@@ -307,6 +379,17 @@ def report(tally: Tally, wall: float, args: argparse.Namespace, cpu: dict[str, f
     for who, seconds in cpu.items():
         if seconds is not None and n:
             print(f"{who} CPU per request: {seconds / n * 1000:.2f} ms ({seconds:.1f} s over {wall:.1f} s)")
+    known = [seconds for seconds in cpu.values() if seconds is not None]
+    if n and known:
+        # Little's law for a closed loop: clients = throughput x mean latency, so the mean latency is
+        # set by how many requests a second the machine's CPUs can serve at this much CPU each
+        per_request, cpus = sum(known) / n, os.cpu_count() or 1
+        mean = sum(rows[-1][1]) / n
+        print(
+            f"all of it: {per_request * 1000:.2f} ms of CPU per request, at most {cpus / per_request:.0f} "
+            f"req/s on {cpus} CPUs; mean latency {mean * 1000:.1f} ms = {args.clients} clients / "
+            f"{n / wall:.1f} req/s (Little's law)"
+        )
     p99 = percentile(rows[-1][1], 99) * 1000
     errors = rows[-1][2]
     verdict = "met" if p99 < TARGET_P99_MS and errors == 0 else "NOT met"
@@ -314,6 +397,15 @@ def report(tally: Tally, wall: float, args: argparse.Namespace, cpu: dict[str, f
         f"target: p99 < {TARGET_P99_MS:.0f} ms at 50 clients, no errors -> {verdict} "
         f"(p99 {p99:.1f} ms, {errors} errors, {args.clients} clients)"
     )
+
+
+def event_loop_run() -> Any:
+    """uvloop's run where it is installed (the clients' share of the CPU is smaller), asyncio's if not."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run
+    return uvloop.run
 
 
 def _interrupt(signum: int, _frame: object) -> None:
@@ -366,6 +458,11 @@ def main() -> None:
         engine.dispose()
         studies = fill_optuna(optuna_url, studies=args.studies, trials=args.trials)
         ids = fill_app(app_url, jobs=args.jobs, studies=studies)
+        for url in (app_url, optuna_url):  # what autovacuum does within a minute of such a load
+            vacuum = create_engine(url, isolation_level="AUTOCOMMIT")
+            with vacuum.connect() as conn:
+                conn.execute(text("VACUUM ANALYZE"))
+            vacuum.dispose()
         print(
             f"databases {name} (+ _optuna): {len(ids)} jobs, {args.studies} studies x {args.trials} trials, "
             f"filled in {time.perf_counter() - started:.1f} s"
@@ -389,15 +486,11 @@ def main() -> None:
             f"{args.seconds:.0f} s, pages of {args.page_size}; load average before: {load} "
             f"({os.cpu_count()} CPUs)"
         )
-        server_cpu, client_cpu = group_cpu_seconds(server.pid), time.process_time()
-        tally, wall = asyncio.run(
-            run_load(base, clients=args.clients, seconds=args.seconds, ids=ids, page=args.page_size)
+        meter = CpuMeter(server.pid, args.admin_url, name)
+        load_run = run_load(
+            base, clients=args.clients, seconds=args.seconds, ids=ids, page=args.page_size, meter=meter
         )
-        after = group_cpu_seconds(server.pid)
-        cpu = {
-            "server": after - server_cpu if after is not None and server_cpu is not None else None,
-            "clients": time.process_time() - client_cpu,
-        }
+        tally, wall, cpu = event_loop_run()(load_run)
         load = " ".join(f"{x:.2f}" for x in os.getloadavg())
         report(tally, wall, args, cpu)
         print(f"load average after: {load}")

@@ -37,8 +37,22 @@ def _sqlite_pragmas(dbapi_connection, _record) -> None:
     cur.close()
 
 
-def create_app_engine(url: str) -> Engine:
-    """A new engine; for SQLite the file's folder is created and the connection tuned."""
+# Serving engines (pre_ping=False) renew a connection after this long, before a server or proxy idle
+# timeout can close it under us; a connection found dead anyway invalidates the pool, so that the
+# others are replaced at their next checkout, and readers retry once (api/job_reads.read).
+RECYCLE_SECONDS = 1800
+# per process: enough for the API's thread pool to keep a few queries in flight; fixed, so that a burst
+# makes threads wait for a connection instead of opening and closing extra ones
+SERVING_POOL_SIZE = 10
+
+
+def create_app_engine(url: str, *, pre_ping: bool = True) -> Engine:
+    """A new engine; for SQLite the file's folder is created and the connection tuned.
+
+    `pre_ping` tests each PostgreSQL connection with a round trip when it is checked out (workers, whose
+    connections may sit idle for hours); the API turns it off (one round trip less per request) and
+    keeps a fixed pool of recycled connections instead.
+    """
     try:
         parsed = make_url(url)
     except ArgumentError as e:
@@ -49,21 +63,39 @@ def create_app_engine(url: str) -> Engine:
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
         return engine
-    return create_engine(parsed, pool_pre_ping=True)
+    if pre_ping:
+        return create_engine(parsed, pool_pre_ping=True)
+    import orjson  # JSON columns decoded in C: a page of jobs has a progress document per row
+
+    # sessions in UTC: timestamps arrive as UTC datetimes, with nothing to convert (api/job_reads.py)
+    options = " ".join(filter(None, (parsed.query.get("options"), "-c TimeZone=UTC")))
+    return create_engine(
+        parsed,
+        pool_size=SERVING_POOL_SIZE,
+        max_overflow=0,
+        pool_recycle=RECYCLE_SECONDS,
+        pool_use_lifo=True,
+        json_deserializer=orjson.loads,
+        connect_args={"options": options},
+    )
 
 
-def get_engine(url: str | None = None) -> Engine:
-    """The shared engine for `url` (default: Settings); embedded SQLite is migrated on first use."""
+def get_engine(url: str | None = None, *, pre_ping: bool = True) -> Engine:
+    """The shared engine for `url` (default: Settings); embedded SQLite is migrated on first use.
+
+    PostgreSQL engines with and without `pre_ping` (see create_app_engine) are separate pools.
+    """
     url = url or get_settings().app_database_url()
+    key = url if pre_ping or url.startswith("sqlite") else f"{url} (serving)"
     with _lock:
-        engine = _engines.get(url)
+        engine = _engines.get(key)
         if engine is None:
-            engine = create_app_engine(url)
+            engine = create_app_engine(url, pre_ping=pre_ping)
             if engine.dialect.name == "sqlite":  # embedded mode: no separate migrate step
                 from soce.db.migrate import ensure_schema
 
                 ensure_schema(engine)
-            _engines[url] = engine
+            _engines[key] = engine
     return engine
 
 

@@ -166,3 +166,21 @@ def test_detail_takes_the_best_trial_the_search_recorded(app: FastAPI, client, s
         for _ in range(2):  # still searching: its best may change, so it is looked up each time
             assert client.get("/v1/jobs/2").json()["best_trial"] == first
     assert len(statements) == 2
+
+
+def test_reads_survive_connections_the_server_dropped(app: FastAPI, client, api_database_url) -> None:
+    """The API's engine does not ping connections at checkout: a read finding its connection dead
+    (a database restart, an idle timeout) runs again on a new one instead of failing."""
+    fill(app.state.engine, jobs=3)
+    assert client.get("/v1/jobs").status_code == 200  # the pool now holds open connections
+    assert client.get("/v1/jobs/2").status_code == 200
+    with create_app_engine(api_database_url).connect() as conn:
+        dropped = conn.execute(
+            text(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        ).all()
+    assert dropped
+    assert client.get("/v1/jobs").json()["total"] == 3
+    assert client.get("/v1/jobs/2").json()["id"] == 2
