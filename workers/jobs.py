@@ -28,7 +28,7 @@ from typing import Any
 from sqlalchemy import Engine, select, update
 
 from soce.config import Settings, get_settings
-from soce.db import JOB_FINISHED_STATES, Job, Soup, get_engine, session_scope
+from soce.db import JOB_FINISHED_STATES, Candidate, Job, Soup, get_engine, session_scope
 from soce.errors import SoceError
 from soce.schemas.run import RunRecipe
 from soce.schemas.scores import ScoreMatrix
@@ -391,6 +391,7 @@ def score(ctx: Context) -> dict[str, Any]:
     inputs = run_inputs(ctx.spec, ctx.settings)
     dev = score_step(inputs, "dev", engine=ctx.engine, stages=ctx.progress)
     test = score_step(inputs, "test", engine=ctx.engine, stages=ctx.progress)
+    record_candidate_hashes(ctx.engine, ctx.spec.job_id)
     analysis, timings = ctx.stored()
     cached = sum(s.cached_tasks for m in (dev, test) for s in m.scores)
     evaluated = sum(len(s.tasks) for m in (dev, test) for s in m.scores) - cached
@@ -402,6 +403,38 @@ def score(ctx: Context) -> dict[str, Any]:
         "evaluated_tasks": evaluated,
     }
     return {"analysis": analysis, "timings": {**timings, "score": time.perf_counter() - started}}
+
+
+def record_candidate_hashes(engine: Engine, job_id: int) -> int:
+    """Store the content hash of the job's candidates that have none (registered by a schedule's glob,
+    or before the API's background hashing finished); how many were stored.
+
+    Scoring hashed every tensor already, so the digests come from the digest cache. A folder whose
+    hash does not match the one stored is left alone: the API hashes again on re-registration.
+    """
+    from soce.checkpoints import Checkpoint, checkpoint_hash
+
+    with session_scope(engine) as session:
+        job = session.get(Job, job_id)
+        todo = [(c.id, c.path) for c in job.candidates if c.content_hash is None and c.error is None]
+    stored = 0
+    for candidate_id, path in todo:
+        try:
+            with Checkpoint.open(path) as ckpt:
+                digest = checkpoint_hash(ckpt)
+        except SoceError as e:  # it was scored a moment ago; a hash is a label, never a reason to fail
+            log.warning("job %d: candidate %d (%s) could not be hashed: %s", job_id, candidate_id, path, e)
+            continue
+        with session_scope(engine) as session:
+            stored += (
+                session.execute(
+                    update(Candidate)
+                    .where(Candidate.id == candidate_id, Candidate.content_hash.is_(None))
+                    .values(content_hash=digest)
+                ).rowcount
+                or 0
+            )
+    return stored
 
 
 def analyse(ctx: Context) -> dict[str, Any]:

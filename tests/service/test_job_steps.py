@@ -112,6 +112,25 @@ def test_start_moves_a_valid_job_to_scoring(engine, settings, make_checkpoints):
     assert read(engine, job_id).state == "scoring"
 
 
+def test_candidates_without_a_hash_get_it_when_their_job_scores(engine, make_checkpoints):
+    from soce.checkpoints import Checkpoint, checkpoint_hash
+
+    folders = make_checkpoints(3)
+    job_id = add_job(engine, folders)  # registered without a hash, as a schedule's glob does
+    with session_scope(engine) as session:
+        rows = session.get(Job, job_id).candidates
+        rows[2].content_hash = "f" * 64  # hashed already: left as it is
+        ids = [c.id for c in rows]
+    assert jobs.record_candidate_hashes(engine, job_id) == 2
+    assert jobs.record_candidate_hashes(engine, job_id) == 0  # a redelivered score step changes nothing
+    with session_scope(engine) as session:
+        stored = [session.get(Candidate, i).content_hash for i in ids]
+    for folder, digest in zip(folders[:2], stored, strict=False):
+        with Checkpoint.open(folder) as ckpt:
+            assert digest == checkpoint_hash(ckpt)  # what the API's registration stores
+    assert stored[2] == "f" * 64
+
+
 @pytest.mark.parametrize(
     ("task", "extra"),
     [("soce.job.start", ()), ("soce.job.score", ()), ("soce.job.search", ()), ("soce.job.trial", (0,))],
