@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         6 * 3600, ge=60, description="seconds before Redis redelivers an unacknowledged task (> longest task)"
     )
+    job_stall_seconds: int | None = Field(
+        None,
+        ge=60,
+        description="a job unchanged this long has its task sent again; default: visibility_timeout",
+    )
     worker_heartbeat_seconds: int = Field(60, ge=5, description="a worker seen within this is alive")
     resident_cache_gib: float = Field(
         16.0, gt=0, description="GiB of resident candidates a worker keeps between tasks (least recent out)"
@@ -63,6 +68,10 @@ class Settings(BaseSettings):
     def app_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""
         return self.database_url or f"sqlite:///{self.data_dir / 'soce.sqlite'}"
+
+    def stall_seconds(self) -> int:
+        """How long a job may go without progress before the sweep sends its task again."""
+        return self.job_stall_seconds or self.visibility_timeout
 
     def optuna_url(self) -> str:
         """Optuna's database (never the app database: Optuna owns its tables and migrations)."""

@@ -23,8 +23,10 @@ TASK_QUEUES: dict[str, str] = {
     "soce.job.trial": GPU,
     "soce.job.finalize": GPU,  # baselines and the test split are evaluations of resident soups
     "soce.schedules.tick": CPU,
+    "soce.jobs.sweep": CPU,
 }
 TICK_SECONDS = 60.0  # how often beat sends the schedules' tick (workers.schedules)
+SWEEP_SECONDS = 300.0  # how often beat sends the sweep of stalled jobs (workers.sweep)
 
 
 def make_app(settings: Settings | None = None) -> Celery:
@@ -48,14 +50,20 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # lets the API and flower see which workers are alive
         task_send_sent_event=True,
-        # beat's only periodic task: start due schedules, judge finished runs; expires so a backlog
-        # of ticks (no cpu worker for a while) collapses instead of running one after another
+        # beat's periodic tasks: start due schedules and judge finished runs; send again the tasks of
+        # jobs whose messages were lost. Both expire, so a backlog of them (no cpu worker for a while)
+        # collapses instead of running one after another
         beat_schedule={
             "schedules-tick": {
                 "task": "soce.schedules.tick",
                 "schedule": TICK_SECONDS,
                 "options": {"queue": CPU, "expires": TICK_SECONDS},
-            }
+            },
+            "jobs-sweep": {
+                "task": "soce.jobs.sweep",
+                "schedule": SWEEP_SECONDS,
+                "options": {"queue": CPU, "expires": SWEEP_SECONDS},
+            },
         },
     )
     return app

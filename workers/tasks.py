@@ -13,6 +13,7 @@ never run again.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Task
 from celery.signals import worker_process_init
@@ -88,6 +89,20 @@ def schedules_tick() -> list[int]:
     engine = get_engine(settings.app_database_url())
     delays = tuple(settings.webhook_retry_seconds)
     return tick(engine, datetime.now(UTC), data_dir=settings.data_dir, send=_send, webhook_delays=delays)
+
+
+@app.task(name="soce.jobs.sweep")
+def jobs_sweep() -> list[list[Any]]:
+    """Send again the task of every job that made no progress for the stall period (every 5 minutes)."""
+    from datetime import UTC, datetime
+
+    from soce.config import get_settings
+    from soce.db import get_engine
+    from workers.sweep import sweep
+
+    settings = get_settings()
+    engine = get_engine(settings.app_database_url())
+    return [list(x) for x in sweep(engine, datetime.now(UTC), settings=settings, send=_send)]
 
 
 def _send(task: str, args: list[int]) -> None:

@@ -1,13 +1,15 @@
 """Jobs through a real Celery worker on Redis, the app database and Optuna's on PostgreSQL.
 
 One worker process serves the module; the tests run in order: a job to done, a second job over the
-same candidates (no scoring again, then cancelled), a job whose worker is killed mid-search.
+same candidates (no scoring again, then cancelled), a job whose worker is killed mid-search, and a
+job whose messages Redis lost, taken on again by the sweep.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -180,3 +182,52 @@ def test_killed_worker_has_its_task_redelivered(
     assert "RUNNING" not in states
     with session_scope(app_engine) as session:
         assert session.scalar(select(func.count()).select_from(Soup).where(Soup.job_id == job_id)) == 1
+
+
+def test_a_job_whose_messages_were_lost_is_finished_after_the_sweep(
+    tiny_zoo, app_engine, service_databases, redis_url: str, worker: Worker, producer
+):
+    import redis
+
+    from soce.config import Settings
+    from workers.sweep import sweep
+
+    job_id = create_job(app_engine, tiny_zoo, name="lost", seed=3)
+    producer.send_task("soce.job.start", args=[job_id], queue="cpu")
+    optuna_url = service_databases[1]
+
+    def trial_running() -> bool:
+        job = read_job(app_engine, job_id)
+        assert job.state not in JOB_FINISHED_STATES, f"{job.state}: {job.error}"
+        if job.state != "searching" or not job.study_name:
+            return False
+        try:
+            return any(t.state.name == "RUNNING" for t in trials(optuna_url, job.study_name))
+        except KeyError:
+            return False
+
+    wait_for(trial_running, timeout=JOB_TIMEOUT, what="job 4's first trial", worker=worker, every=0.5)
+    # the worker dies and Redis loses every message, delivered or not: nothing would ever come back
+    worker.kill()
+    redis.Redis.from_url(redis_url).flushdb()
+    worker.start()
+    time.sleep(5)
+    job = read_job(app_engine, job_id)
+    assert job.state == "searching", f"{job.state}: {job.error}"
+    running = [t.number for t in trials(optuna_url, job.study_name) if t.state.name == "RUNNING"]
+    assert running, "the killed worker's trial should still be running in the study"
+
+    settings = Settings(optuna_storage_url=optuna_url)
+    sent = sweep(
+        app_engine,
+        datetime.now(UTC) + timedelta(seconds=2),
+        settings=settings,
+        send=lambda task, args: producer.send_task(task, args=args),
+        stall_seconds=1,
+    )
+    assert sent == [(job_id, "soce.job.trial")] * len(running)
+    job = wait_for(lambda: finished(app_engine, job_id), timeout=JOB_TIMEOUT, what="job 4", worker=worker)
+    assert job.state == "done", f"{job.state}: {job.error}\n{worker.log_tail()}"
+    assert job.progress["sweep"]["count"] == 1
+    states = [t.state.name for t in trials(optuna_url, job.study_name)]
+    assert states.count("COMPLETE") == 3 and "RUNNING" not in states, states
