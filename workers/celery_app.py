@@ -23,6 +23,7 @@ TASK_QUEUES: dict[str, str] = {
     "soce.job.trial": GPU,
     "soce.job.finalize": GPU,  # baselines and the test split are evaluations of resident soups
     "soce.schedules.tick": CPU,
+    "soce.schedules.notify": CPU,  # a schedule run's webhook, with its retries
     "soce.jobs.sweep": CPU,
 }
 TICK_SECONDS = 60.0  # how often beat sends the schedules' tick (workers.schedules)

@@ -170,8 +170,13 @@ def tick(
     data_dir: Path | None = None,
     send: Send | None = None,
     webhook_delays: tuple[float, ...] = (1.0, 2.0, 4.0),
+    notify_later: Callable[[int], None] | None = None,
 ) -> list[int]:
-    """Start every due enabled schedule (one run each) and judge runs whose job ended; the jobs started."""
+    """Start every due enabled schedule (one run each) and judge runs whose job ended; the jobs started.
+
+    The webhooks of the runs that ended are called here, or handed to `notify_later` (the service
+    sends them as their own task, so a slow or dead webhook never holds the tick).
+    """
     started: list[int] = []
     ended: list[int] = []
     with session_scope(engine) as session:
@@ -213,6 +218,12 @@ def tick(
                 if job is not None:
                     job.state, job.error = "failed", f"could not be enqueued ({type(e).__name__}: {e})"
     for run_id in ended:
+        if notify_later is not None:
+            try:
+                notify_later(run_id)
+                continue
+            except Exception as e:
+                log.error("webhook of schedule run %d could not be enqueued (%s); calling it now", run_id, e)
         notify(engine, run_id, delays=webhook_delays)
     return started
 

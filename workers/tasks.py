@@ -88,7 +88,29 @@ def schedules_tick() -> list[int]:
     settings = get_settings()
     engine = get_engine(settings.app_database_url())
     delays = tuple(settings.webhook_retry_seconds)
-    return tick(engine, datetime.now(UTC), data_dir=settings.data_dir, send=_send, webhook_delays=delays)
+    return tick(
+        engine,
+        datetime.now(UTC),
+        data_dir=settings.data_dir,
+        send=_send,
+        webhook_delays=delays,
+        notify_later=lambda run_id: _send(NOTIFY_TASK, [run_id]),
+    )
+
+
+NOTIFY_TASK = "soce.schedules.notify"
+
+
+@app.task(name=NOTIFY_TASK)
+def schedules_notify(run_id: int) -> bool:
+    """POST a finished schedule run's summary to its webhook, retried with backoff; never fails."""
+    from soce.config import get_settings
+    from soce.db import get_engine
+    from workers.schedules import notify
+
+    settings = get_settings()
+    engine = get_engine(settings.app_database_url())
+    return notify(engine, int(run_id), delays=tuple(settings.webhook_retry_seconds))
 
 
 @app.task(name="soce.jobs.sweep")

@@ -316,6 +316,39 @@ def test_webhook_retries_and_a_dead_one_does_not_fail_the_run(engine: Engine, tm
     assert _runs(engine)[0][0] == "promoted"
 
 
+def test_the_service_sends_webhooks_as_their_own_task(engine: Engine, tmp_path: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Hook)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        _Hook.bodies, _Hook.failures = [], 0
+        _schedule(engine, webhook=f"http://127.0.0.1:{server.server_port}/hook")
+        [job_id] = tick(engine, NOW, send=lambda *_: None)
+        _finish(engine, job_id, 0.5)
+        later: list[int] = []
+
+        def none(*_: object) -> None:
+            pass
+
+        tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=none, notify_later=later.append)
+        assert _Hook.bodies == []  # the tick only handed the run on
+        [run_id] = later
+        assert notify(engine, run_id, delays=FAST) is True
+        assert [(b["run_id"], b["outcome"]) for b in _Hook.bodies] == [(run_id, "promoted")]
+
+        def broken(_run_id: int) -> None:
+            raise ConnectionError("broker down")
+
+        # a tick that cannot hand a webhook on calls it itself rather than lose it
+        _new_candidate(engine, "c9")
+        [job_id] = tick(engine, NOW + timedelta(days=1), send=lambda *_: None)
+        _finish(engine, job_id, 0.9)
+        tick(engine, NOW + timedelta(days=1, minutes=1), data_dir=tmp_path, send=none, notify_later=broken)
+        assert len(_Hook.bodies) == 2
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_cli_create_and_list(postgres_url: str, engine: Engine) -> None:
     from typer.testing import CliRunner
 
