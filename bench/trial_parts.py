@@ -1,9 +1,12 @@
 """Where a weight-search trial's time goes: merging into the resident model, evaluation, bookkeeping.
 
-Runs N TPE trials on the demo zoo's experts with the study in an SQLite Optuna storage (as
-`soce run` does) and splits the wall time of the whole search into merge (weights into the
-resident model), evaluation (lm-eval tasks on the model) and the rest (sampler, storage, ask/tell).
-Target: merge plus bookkeeping at most 5% of a trial.
+Runs N TPE trials on the demo zoo's experts with the study in an SQLite Optuna storage, as
+`soce run` does (the loop on a copy in memory, finished trials stored by a writer thread), and
+splits the wall time of the whole search into merge (weights into the resident model), evaluation
+(lm-eval tasks on the model) and the rest (sampler, storage, ask/tell). Side by side, the same
+trials asked and evaluated one by one on the stored study, as the service's trial tasks do (every
+parameter, attribute and tell a commit in the trial's path). Target: merge plus bookkeeping at most
+5% of a trial in `soce run`.
 
     python bench/trial_parts.py [--zoo DIR] [--size demo] [--trials 20]
 """
@@ -34,28 +37,58 @@ def main() -> None:
     inputs, _, analysis, resident = _pipeline.prepare(zoo, max_experts=4)
     experts = tuple(analysis.experts.candidates)
     resident(resident.uniform(experts), inputs.suite.category_names)  # tasks built, caches warm
+    categories = inputs.suite.category_names
+    config = SearchConfig(sampler="tpe", n_trials=args.trials, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
+        # as `soce run` does: the loop in memory, each finished trial stored by a writer thread
         search = WeightSearch(
             SearchSpace(experts),
-            inputs.suite.category_names,
+            categories,
             resident,
-            SearchConfig(sampler="tpe", n_trials=args.trials, seed=0),
+            config,
             storage=optuna_storage(url=f"sqlite:///{tmp}/optuna.sqlite"),
             study_name="bench",
         )
         started = time.perf_counter()
         result = search.run()
         wall = time.perf_counter() - started
-    merge = sum(t.timings.get("merge", 0.0) for t in result.history)
-    evaluate = sum(t.timings.get("evaluate", 0.0) for t in result.history)
-    rest = wall - merge - evaluate
-    n = len(result.history)
+        # as a service trial task does: ask and evaluate on the stored study, every write in the path
+        stored = WeightSearch(
+            SearchSpace(experts),
+            categories,
+            resident,
+            config,
+            storage=optuna_storage(url=f"sqlite:///{tmp}/optuna-stored.sqlite"),
+            study_name="bench",
+        )
+        started = time.perf_counter()
+        stored.begin(lambda t: True)
+        for _ in range(args.trials):
+            (number,) = stored.ask_trials(1)
+            stored.evaluate_trial(number)
+        stored_wall = time.perf_counter() - started
+        stored_result = stored.result()
     params = sum(p.numel() for p in resident.model.parameters())
-    print(f"{n} trials of {len(experts)} experts ({params / 1e6:.2f} M parameters), {wall:.2f} s in all")
-    print(f"per trial: {wall / n * 1000:8.1f} ms")
-    for name, secs in (("merge", merge), ("evaluation", evaluate), ("bookkeeping", rest)):
-        print(f"  {name:12s} {secs / n * 1000:8.1f} ms  {secs / wall:6.1%}")
-    print(f"merge + bookkeeping: {(merge + rest) / wall:.1%} of a trial (target <= 5%)")
+    print(f"{args.trials} TPE trials of {len(experts)} experts ({params / 1e6:.2f} M parameters)")
+    fractions = {}
+    for label, res, secs_all in (
+        ("in-process loop (soce run)", result, wall),
+        ("trial by trial on the stored study (service trial tasks)", stored_result, stored_wall),
+    ):
+        n = len(res.history)
+        merge = sum(t.timings.get("merge", 0.0) for t in res.history)
+        evaluate = sum(t.timings.get("evaluate", 0.0) for t in res.history)
+        rest = secs_all - merge - evaluate
+        fractions[label] = (merge + rest) / secs_all
+        print(f"\n{label}: {secs_all:.2f} s, {secs_all / n * 1000:.1f} ms a trial")
+        for name, secs in (("merge", merge), ("evaluation", evaluate), ("bookkeeping", rest)):
+            print(f"  {name:12s} {secs / n * 1000:8.1f} ms  {secs / secs_all:6.1%}")
+        print(f"  merge + bookkeeping: {fractions[label]:.1%} of a trial")
+    loop, one_by_one = fractions.values()
+    print(
+        f"\nsoce run: merge + bookkeeping {loop:.1%} of a trial (target <= 5%); "
+        f"trial by trial on the stored study {one_by_one:.1%} ({one_by_one / loop:.1f}x)"
+    )
 
 
 if __name__ == "__main__":
