@@ -5,10 +5,10 @@ Optuna database beside it, fills them with JOBS jobs as the workers leave them (
 jobs in every state; the searched ones with an Optuna study and its trials, those past the search with
 its summary in their analysis, the finished ones with a soup), vacuums and analyzes them as autovacuum
 would soon after such a load (without planner statistics a page of jobs costs PostgreSQL 1.7 times the
-CPU), starts `soce serve` with SERVER_WORKERS worker processes (default 2: one per CPU of a 2-CPU
-machine) on a free port, and runs CLIENTS async HTTP clients for SECONDS, each with its own keep-alive
-connection, in a closed loop alternating at random between `GET /v1/jobs` (a page at a random offset)
-and `GET /v1/jobs/{id}` (a random job). Reads need no API key.
+CPU), starts `soce serve` with SERVER_WORKERS worker processes (default 1, see below) on a free port,
+and runs CLIENTS async HTTP clients for SECONDS, each with its own keep-alive connection, in a closed
+loop alternating at random between `GET /v1/jobs` (a page at a random offset) and `GET /v1/jobs/{id}`
+(a random job). Reads need no API key.
 
 The clients are opened and warmed up (one read of each kind, bodies checked) before the clock and the
 CPU meters start; they run on uvloop where it is installed. One AsyncClient per client, not one
@@ -23,8 +23,13 @@ throughput (Little's law). The clients share the machine with the server, so a l
 the numbers (the load average is printed before and after). Both databases are dropped at the end, also
 after Ctrl-C or an error.
 
+One server worker by default: on a 2-CPU machine where the clients and PostgreSQL take close to half
+the CPU, one process serves about 640 req/s at 0.8 of a CPU, and two measured worse in three paired
+runs (the 20 s pair: 522 against 640 req/s, p99 267 against 196 ms, server CPU 1.7 against 1.3 ms a
+request; two 10 s pairs alike). Use --server-workers N on a machine with more CPUs than the load needs.
+
     python bench/api_load.py [--clients 50] [--seconds 20] [--jobs 1000] [--page-size 50]
-                             [--server-workers 2] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
+                             [--server-workers 1] [--admin-url postgresql+psycopg://postgres@127.0.0.1/postgres]
 """
 
 from __future__ import annotations
@@ -418,9 +423,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0, help="how long the clients read")
     ap.add_argument("--jobs", type=int, default=1000, help="jobs in the database")
     ap.add_argument("--page-size", type=int, default=50, help="limit of each GET /v1/jobs")
-    ap.add_argument(
-        "--server-workers", type=int, default=2, help="uvicorn worker processes of soce serve (one per CPU)"
-    )
+    ap.add_argument("--server-workers", type=int, default=1, help="uvicorn worker processes of soce serve")
     ap.add_argument("--studies", type=int, default=10, help="Optuna studies the searched jobs point at")
     ap.add_argument("--trials", type=int, default=20, help="trials per study")
     ap.add_argument(
