@@ -333,20 +333,12 @@ class ScheduleCreate(BaseModel):
     @field_validator("cron")
     @classmethod
     def _cron(cls, v: str) -> str:
-        try:
-            next_fire(v, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
-        except ScheduleError as e:
-            raise ValueError(str(e)) from None
-        return " ".join(v.split())
+        return _checked_cron(v)
 
     @field_validator("timezone")
     @classmethod
     def _timezone(cls, v: str) -> str:
-        try:
-            time_zone(v)
-        except ScheduleError as e:
-            raise ValueError(str(e)) from None
-        return v
+        return _checked_timezone(v)
 
     @field_validator("recipe_template")
     @classmethod
@@ -354,10 +346,58 @@ class ScheduleCreate(BaseModel):
         return _check_recipe(v)
 
 
+def _checked_cron(v: str) -> str:
+    try:
+        next_fire(v, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
+    except ScheduleError as e:
+        raise ValueError(str(e)) from None
+    return " ".join(v.split())
+
+
+def _checked_timezone(v: str) -> str:
+    try:
+        time_zone(v)
+    except ScheduleError as e:
+        raise ValueError(str(e)) from None
+    return v
+
+
 class ScheduleUpdate(BaseModel):
+    """The fields to change (the others stay); a new cron or time zone plans the next run from now."""
+
     model_config = ConfigDict(extra="forbid")
 
-    enabled: bool
+    cron: str | None = None
+    timezone: str | None = None
+    recipe_template: dict[str, Any] | None = None
+    candidate_source: CandidateSource | None = None
+    promotion_policy: PromotionPolicy | None = None
+    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000, description="null: none")
+    enabled: bool | None = None
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, v: str | None) -> str | None:
+        return None if v is None else _checked_cron(v)
+
+    @field_validator("timezone")
+    @classmethod
+    def _timezone(cls, v: str | None) -> str | None:
+        return None if v is None else _checked_timezone(v)
+
+    @field_validator("recipe_template")
+    @classmethod
+    def _recipe(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        return None if v is None else _check_recipe(v)
+
+    @model_validator(mode="after")
+    def _something(self) -> ScheduleUpdate:
+        if not self.model_fields_set:
+            raise ValueError(f"give at least one field to change: {', '.join(type(self).model_fields)}")
+        for name in self.model_fields_set - {"webhook_url"}:
+            if getattr(self, name) is None:
+                raise ValueError(f"{name}: null is only allowed for webhook_url")
+        return self
 
 
 class ScheduleRunPublic(BaseModel):

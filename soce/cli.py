@@ -608,6 +608,53 @@ def schedule_create(
         typer.echo(f"created schedule {row.id} {name!r}; next run {row.next_run_at:%Y-%m-%d %H:%M} UTC")
 
 
+@schedule_app.command("update")
+@friendly
+def schedule_update(
+    name: Annotated[str, typer.Argument(help="the schedule's name")],
+    cron: Annotated[str | None, typer.Option("--cron", help="five fields, e.g. '0 2 * * *'")] = None,
+    timezone: Annotated[str | None, typer.Option("--timezone", help="IANA time zone of the cron")] = None,
+    enabled: Annotated[bool | None, typer.Option("--enable/--disable", help="start runs or not")] = None,
+    min_improvement: Annotated[
+        float | None, typer.Option(help="promote if the interval's lower bound beats it")
+    ] = None,
+    webhook: Annotated[
+        str | None, typer.Option("--webhook", help="URL a run's summary is POSTed to; '' removes it")
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Change a schedule (checked like PATCH /v1/schedules/{id}); a new cron or time zone plans the
+    next run from now."""
+    from datetime import UTC, datetime
+
+    from pydantic import ValidationError
+    from sqlalchemy import select
+
+    from api.routes.schedules import apply_update
+    from api.schemas import ScheduleUpdate
+    from soce.db import session_scope
+    from soce.db.models import Schedule
+
+    fields: dict[str, object] = {"cron": cron, "timezone": timezone, "enabled": enabled}
+    fields = {k: v for k, v in fields.items() if v is not None}
+    if webhook is not None:
+        fields["webhook_url"] = webhook or None
+    with session_scope(_keys_engine(database_url)) as session:
+        row = session.scalar(select(Schedule).where(Schedule.name == name))
+        if row is None:
+            raise typer.BadParameter(f"no schedule is named {name!r} (see `soce schedule list`)")
+        if min_improvement is not None:
+            fields["promotion_policy"] = {**row.promotion_policy, "min_improvement": min_improvement}
+        try:
+            body = ScheduleUpdate.model_validate(fields)
+        except ValidationError as e:
+            raise typer.BadParameter(str(e)) from None
+        apply_update(row, body, datetime.now(UTC))
+        when = f"{row.next_run_at:%Y-%m-%d %H:%M} UTC" if row.next_run_at else "-"
+        state = "enabled" if row.enabled else "disabled"
+        typer.echo(f"updated schedule {row.id} {name!r}: {row.cron!r} {row.timezone}, {state}, next {when}")
+
+
 @schedule_app.command("list")
 @friendly
 def schedule_list(database_url: DatabaseUrl = None) -> None:

@@ -93,14 +93,40 @@ def get_schedule(schedule_id: int, session: SessionDep) -> ScheduleDetail:
     return _detail(session, _get(session, schedule_id))
 
 
+def apply_update(row: Schedule, body: ScheduleUpdate, now: datetime) -> None:
+    """Set the given fields (the recipe's suite must exist: the caller checks); the next run is planned
+    again from `now` when the cron, the time zone or `enabled` (to true) changes."""
+    given = body.model_fields_set
+    if "recipe_template" in given:
+        row.recipe_template = body.recipe_template
+    if "candidate_source" in given:
+        row.candidate_source = body.candidate_source.model_dump(exclude_none=True)
+    if "promotion_policy" in given:
+        row.promotion_policy = body.promotion_policy.model_dump()
+    if "webhook_url" in given:
+        row.webhook_url = body.webhook_url
+    replan = bool({"cron", "timezone"} & given) or (body.enabled is True and not row.enabled)
+    row.cron = body.cron or row.cron
+    row.timezone = body.timezone or row.timezone
+    if "enabled" in given:
+        row.enabled = body.enabled
+    if replan:
+        row.next_run_at = next_fire(row.cron, row.timezone, now)
+
+
 @router.patch("/{schedule_id}", response_model=ScheduleDetail)
 def update_schedule(
     schedule_id: int, body: ScheduleUpdate, session: SessionDep, _key: Writer
 ) -> ScheduleDetail:
-    """Enable or disable a schedule; enabling it again fires next at the cron's next time from now."""
+    """Change a schedule's fields; the next run is planned again from now when the cron, the time zone
+    or `enabled` (to true) changes. Runs already started keep the settings they started with."""
     row = _get(session, schedule_id)
-    if body.enabled and not row.enabled:
-        row.next_run_at = next_fire(row.cron, row.timezone, datetime.now(UTC))
-    row.enabled = body.enabled
+    if body.recipe_template is not None:
+        suite_id = body.recipe_template["suite_id"]
+        if session.get(Suite, suite_id) is None:
+            raise invalid(
+                ["body", "recipe_template", "suite_id"], f"suite {suite_id} does not exist", "not_found"
+            )
+    apply_update(row, body, datetime.now(UTC))
     session.commit()
     return _detail(session, row)

@@ -1,6 +1,8 @@
-"""Schedules through the API: create, list, read with runs, enable and disable, validation errors."""
+"""Schedules through the API: create, list, read with runs, change (PATCH), validation errors."""
 
 from __future__ import annotations
+
+from datetime import datetime
 
 from fastapi.testclient import TestClient
 
@@ -75,3 +77,58 @@ def test_reader_cannot_create(client: TestClient, keys: dict[str, dict[str, str]
     suite = make_suite(client, keys["writer"])
     r = client.post("/v1/schedules", json=_body(suite["id"]), headers=keys["reader"])
     assert r.status_code == 403
+
+
+def test_patch_changes_only_the_given_fields(client: TestClient, writer: dict[str, str]) -> None:
+    suite = make_suite(client, writer)
+    created = client.post("/v1/schedules", json=_body(suite["id"]), headers=writer).json()
+    url = f"/v1/schedules/{created['id']}"
+
+    r = client.patch(url, json={"cron": "30 5 * * 1", "timezone": "UTC"}, headers=writer)
+    assert r.status_code == 200, r.text
+    changed = r.json()
+    assert (changed["cron"], changed["timezone"]) == ("30 5 * * 1", "UTC")
+    assert changed["next_run_at"] != created["next_run_at"]  # planned again from the new cron
+    next_run = datetime.fromisoformat(changed["next_run_at"])
+    assert (next_run.weekday(), next_run.hour, next_run.minute) == (0, 5, 30)  # a Monday, 05:30 UTC
+    assert changed["recipe_template"] == created["recipe_template"]  # untouched
+
+    r = client.patch(
+        url,
+        json={
+            "recipe_template": {"suite_id": suite["id"], "sampler": "tpe", "n_trials": 12},
+            "candidate_source": {"glob": "/checkpoints/run-*"},
+            "promotion_policy": {"min_improvement": 0.02},
+            "webhook_url": "https://ci.example/hook",
+        },
+        headers=writer,
+    )
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["recipe_template"]["sampler"] == "tpe" and body["recipe_template"]["n_trials"] == 12
+    assert body["candidate_source"] == {"glob": "/checkpoints/run-*"}
+    assert body["promotion_policy"] == {"metric": "test_average", "min_improvement": 0.02}
+    assert body["next_run_at"] == changed["next_run_at"]  # neither cron nor time zone changed
+    r = client.patch(url, json={"webhook_url": None}, headers=writer)
+    assert r.status_code == 200 and r.json()["webhook_url"] is None
+
+
+def test_patch_validation_names_the_field_and_changes_nothing(
+    client: TestClient, writer: dict[str, str]
+) -> None:
+    suite = make_suite(client, writer)
+    created = client.post("/v1/schedules", json=_body(suite["id"]), headers=writer).json()
+    url = f"/v1/schedules/{created['id']}"
+    assert _error_locs(client.patch(url, json={"cron": "* * 32 * *"}, headers=writer)) == [["body", "cron"]]
+    assert _error_locs(client.patch(url, json={"timezone": "Mars/Base"}, headers=writer)) == [
+        ["body", "timezone"]
+    ]
+    assert _error_locs(client.patch(url, json={"recipe_template": {"suite_id": 999}}, headers=writer)) == [
+        ["body", "recipe_template", "suite_id"]
+    ]
+    assert _error_locs(client.patch(url, json={"name": "renamed"}, headers=writer)) == [["body", "name"]]
+    empty = client.patch(url, json={}, headers=writer)
+    assert _error_locs(empty) == [["body"]] and "at least one field" in empty.text
+    assert "only allowed for webhook_url" in client.patch(url, json={"cron": None}, headers=writer).text
+    assert client.get(url, headers=writer).json()["cron"] == created["cron"]
+    assert client.patch("/v1/schedules/999", json={"enabled": True}, headers=writer).status_code == 404

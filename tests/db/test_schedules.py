@@ -376,6 +376,17 @@ def test_cli_create_and_list(postgres_url: str, engine: Engine) -> None:
     assert bad.exit_code != 0 and "hour" in bad.output
     listed = runner.invoke(app, ["schedule", "list", "--database-url", postgres_url])
     assert listed.exit_code == 0 and "nightly" in listed.output and "Europe/Paris" in listed.output
+    update = ["schedule", "update", "nightly", "--database-url", postgres_url]
+    changed = runner.invoke(app, [*update, "--cron", "15 4 * * *", "--disable", "--min-improvement", "0.02"])
+    assert changed.exit_code == 0, changed.output
+    assert "'15 4 * * *' Europe/Paris, disabled" in changed.output
+    with session_scope(engine) as session:
+        row = session.scalars(select(Schedule)).one()
+        assert (row.cron, row.enabled, row.promotion_policy["min_improvement"]) == ("15 4 * * *", False, 0.02)
+    bad = runner.invoke(app, [*update, "--timezone", "Mars/Base"])
+    assert bad.exit_code != 0 and "Mars/Base" in bad.output
+    missing = runner.invoke(app, ["schedule", "update", "weekly", "--database-url", postgres_url, "--enable"])
+    assert missing.exit_code != 0 and "no schedule is named 'weekly'" in missing.output
 
 
 def test_glob_source_registers_new_folders(engine: Engine, make_checkpoints) -> None:
