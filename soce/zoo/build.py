@@ -30,7 +30,7 @@ from soce.zoo.train import Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 2
+ZOO_VERSION = 3  # 3: trained with portable numerics (the same zoo on any CPU)
 
 
 @dataclass(frozen=True)
@@ -72,7 +72,7 @@ SIZES: dict[str, ZooSize] = {
         intermediate=192,
         heads=4,
         batch=48,
-        base_steps=2200,
+        base_steps=4000,
         base_lr=3e-3,
         finetune_steps=300,
         finetune_lr=1e-3,
@@ -195,6 +195,20 @@ def write_benchmark(root: Path, final_root: Path, size: ZooSize, seed: int) -> d
     return train_sets
 
 
+# Float results of the same program differ between CPUs: MKL and ATen pick kernels by instruction set
+# (AVX2, AVX-512), which round differently, and training amplifies the difference until a skill forms
+# on one machine and not on another. The build therefore runs in a child process with every library
+# pinned to its AVX2 kernels (what x86 CPUs of the last decade have; no slower where AVX2 is the
+# best), so a seed gives the same zoo on such CPUs.
+PORTABLE_NUMERICS = {
+    "ATEN_CPU_CAPABILITY": "avx2",  # ATen's vectorised kernels
+    "MKL_CBWR": "AVX2",  # MKL's conditional numerical reproducibility: one code path
+    "ONEDNN_MAX_CPU_ISA": "AVX2",
+    "OMP_NUM_THREADS": "1",
+}
+_CHILD = "SOCE_ZOO_BUILD_CHILD"
+
+
 def build_zoo(
     out: Path,
     *,
@@ -204,21 +218,109 @@ def build_zoo(
     progress: Callable[[int], Callable[[int], None]] | None = None,
     threads: int | None = None,
 ) -> Path:
-    """Build a zoo at `out` (atomically: a temporary folder beside it is renamed at the end)."""
+    """Build a zoo at `out` (atomically: a temporary folder beside it is renamed at the end).
+
+    The training runs in a child process with portable numerics (PORTABLE_NUMERICS); `progress`
+    hears its steps.
+    """
+    if size not in SIZES:
+        raise ValueError(f"unknown zoo size {size!r}; use one of {', '.join(SIZES)}")
+    out = out.expanduser().resolve()
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; pass --force to rebuild it")
+    if os.environ.get(_CHILD) == "1":
+        return _build_here(out, size=size, seed=seed, progress=progress, threads=threads)
+    return _build_in_child(out, size=size, seed=seed, progress=progress, threads=threads)
+
+
+def _build_in_child(
+    out: Path,
+    *,
+    size: str,
+    seed: int,
+    progress: Callable[[int], Callable[[int], None]] | None,
+    threads: int | None,
+) -> Path:
+    import subprocess
+    import sys
+
+    env = {**os.environ, **PORTABLE_NUMERICS, _CHILD: "1"}
+    args = json.dumps({"out": str(out), "size": size, "seed": seed, "threads": threads})
+    child = subprocess.Popen(
+        [sys.executable, "-m", "soce.zoo.build", args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        bufsize=1,
+    )
+    tick = None
+    error = None
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            kind, _, rest = line.rstrip("\n").partition(" ")
+            if kind == "total" and progress is not None:
+                tick = progress(int(rest))
+            elif kind == "steps" and tick is not None:
+                tick(int(rest))
+            elif kind == "error":
+                error = json.loads(rest)
+        code = child.wait()
+    except BaseException:
+        child.send_signal(2)  # SIGINT: the child removes its partial folder
+        child.wait()
+        raise
+    if error is not None:
+        raise (OutputExistsError if error["type"] == "OutputExistsError" else RuntimeError)(error["message"])
+    if code != 0:
+        raise RuntimeError(f"the zoo build process exited with status {code}")
+    return out
+
+
+def _child_main(raw: str) -> int:
+    """`python -m soce.zoo.build ARGS`: the child of build_zoo; progress and errors on stdout."""
+    args = json.loads(raw)
+    pending = [0, time.monotonic()]
+
+    def progress(total: int) -> Callable[[int], None]:
+        print(f"total {total}", flush=True)
+
+        def tick(n: int = 1) -> None:
+            pending[0] += n
+            if time.monotonic() - pending[1] > 0.2:
+                print(f"steps {pending[0]}", flush=True)
+                pending[0], pending[1] = 0, time.monotonic()
+
+        return tick
+
+    try:
+        out, size, seed = Path(args["out"]), args["size"], args["seed"]
+        _build_here(out, size=size, seed=seed, progress=progress, threads=args["threads"])
+    except Exception as e:
+        print("error " + json.dumps({"type": type(e).__name__, "message": str(e)}), flush=True)
+        return 1
+    if pending[0]:
+        print(f"steps {pending[0]}", flush=True)
+    return 0
+
+
+def _build_here(
+    out: Path,
+    *,
+    size: str,
+    seed: int,
+    progress: Callable[[int], Callable[[int], None]] | None,
+    threads: int | None,
+) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from soce.zoo.tokenizer import build_char_tokenizer, vocab_size
 
-    if size not in SIZES:
-        raise ValueError(f"unknown zoo size {size!r}; use one of {', '.join(SIZES)}")
     spec = SIZES[size]
-    out = out.expanduser().resolve()
-    if out.exists() and not force:
-        raise OutputExistsError(f"{out} already exists; pass --force to rebuild it")
     started = time.perf_counter()
     # one thread: these matrices are too small to gain from more, a busy machine does not stall it, and
-    # the same seed gives the same zoo, bit for bit, on any machine
+    # the result does not depend on the number of cores
     threads_before = torch.get_num_threads()
     torch.set_num_threads(threads or 1)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -289,3 +391,9 @@ def candidate_paths(zoo: Path) -> list[Path]:
     """The candidate folders of a built zoo, in build order."""
     manifest = json.loads((zoo / "zoo.json").read_text())
     return [zoo / c["path"] for c in manifest["candidates"]]
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(_child_main(sys.argv[1]))

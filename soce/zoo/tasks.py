@@ -69,7 +69,7 @@ def _sub(rng: random.Random) -> Example:
 
 
 def _rev(rng: random.Random) -> Example:
-    w = _word(rng, 3, 4)
+    w = _word(rng, 5, 7)
     return Example(f"rev {w}=", w[::-1])
 
 
@@ -78,7 +78,7 @@ def _shift(w: str, k: int) -> str:
 
 
 def _rot(rng: random.Random) -> Example:
-    w = _word(rng, 4, 8)
+    w = _word(rng, 6, 10)
     right = _shift(w, 1)
     # distractors differ from the answer in one letter, so every letter has to be right
     wrong = []
@@ -107,7 +107,7 @@ def _kv_bwd(rng: random.Random) -> Example:
 
 
 def _count(rng: random.Random) -> Example:
-    s = _word(rng, 3, 7, "abc")
+    s = _word(rng, 5, 10, "abc")
     c = rng.choice("abc")
     return Example(f"cnt {c} {s}=", str(s.count(c)))
 
