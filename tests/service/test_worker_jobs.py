@@ -53,6 +53,18 @@ def trials(optuna_url: str, study_name: str) -> list[optuna.trial.FrozenTrial]:
     return optuna.load_study(study_name=study_name, storage=optuna_url).get_trials(deepcopy=False)
 
 
+def trial_running(engine, optuna_url: str, job_id: int) -> bool:
+    """The job searches and one of its trials runs (its study may not exist yet)."""
+    job = read_job(engine, job_id)
+    assert job.state not in JOB_FINISHED_STATES, f"{job.state}: {job.error}"
+    if job.state != "searching" or not job.study_name:
+        return False
+    try:
+        return any(t.state.name == "RUNNING" for t in trials(optuna_url, job.study_name))
+    except KeyError:  # the study is not created yet
+        return False
+
+
 def test_job_runs_to_done(tiny_zoo, app_engine, service_databases, worker: Worker, producer):
     started = time.monotonic()
     job_id = create_job(app_engine, tiny_zoo, name="first", seed=0)
@@ -159,17 +171,13 @@ def test_killed_worker_has_its_task_redelivered(
     producer.send_task("soce.job.start", args=[job_id], queue="cpu")
     optuna_url = service_databases[1]
 
-    def trial_running() -> bool:
-        job = read_job(app_engine, job_id)
-        assert job.state not in JOB_FINISHED_STATES, f"{job.state}: {job.error}"
-        if job.state != "searching" or not job.study_name:
-            return False
-        try:
-            return any(t.state.name == "RUNNING" for t in trials(optuna_url, job.study_name))
-        except KeyError:  # the study is not created yet
-            return False
-
-    wait_for(trial_running, timeout=JOB_TIMEOUT, what="job 3's first trial", worker=worker, every=0.5)
+    wait_for(
+        lambda: trial_running(app_engine, optuna_url, job_id),
+        timeout=JOB_TIMEOUT,
+        what="job 3's first trial",
+        worker=worker,
+        every=0.5,
+    )
     worker.kill()
     killed_at = time.monotonic()
     worker.start()
@@ -196,17 +204,13 @@ def test_a_job_whose_messages_were_lost_is_finished_after_the_sweep(
     producer.send_task("soce.job.start", args=[job_id], queue="cpu")
     optuna_url = service_databases[1]
 
-    def trial_running() -> bool:
-        job = read_job(app_engine, job_id)
-        assert job.state not in JOB_FINISHED_STATES, f"{job.state}: {job.error}"
-        if job.state != "searching" or not job.study_name:
-            return False
-        try:
-            return any(t.state.name == "RUNNING" for t in trials(optuna_url, job.study_name))
-        except KeyError:
-            return False
-
-    wait_for(trial_running, timeout=JOB_TIMEOUT, what="job 4's first trial", worker=worker, every=0.5)
+    wait_for(
+        lambda: trial_running(app_engine, optuna_url, job_id),
+        timeout=JOB_TIMEOUT,
+        what="job 4's first trial",
+        worker=worker,
+        every=0.5,
+    )
     # the worker dies and Redis loses every message, delivered or not: nothing would ever come back
     worker.kill()
     redis.Redis.from_url(redis_url).flushdb()
