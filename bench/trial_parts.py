@@ -40,27 +40,19 @@ def main() -> None:
     categories = inputs.suite.category_names
     config = SearchConfig(sampler="tpe", n_trials=args.trials, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
-        # as `soce run` does: the loop in memory, each finished trial stored by a writer thread
-        search = WeightSearch(
-            SearchSpace(experts),
-            categories,
-            resident,
-            config,
-            storage=optuna_storage(url=f"sqlite:///{tmp}/optuna.sqlite"),
-            study_name="bench",
-        )
+
+        def search_in(name: str) -> WeightSearch:
+            storage = optuna_storage(url=f"sqlite:///{tmp}/{name}.sqlite")
+            space = SearchSpace(experts)
+            return WeightSearch(space, categories, resident, config, storage=storage, study_name="bench")
+
+        # as `soce run` does: the loop in memory, each finished trial stored whole in one transaction
+        search = search_in("optuna")
         started = time.perf_counter()
         result = search.run()
         wall = time.perf_counter() - started
         # as a service trial task does: ask and evaluate on the stored study, every write in the path
-        stored = WeightSearch(
-            SearchSpace(experts),
-            categories,
-            resident,
-            config,
-            storage=optuna_storage(url=f"sqlite:///{tmp}/optuna-stored.sqlite"),
-            study_name="bench",
-        )
+        stored = search_in("optuna-stored")
         started = time.perf_counter()
         stored.begin(lambda t: True)
         for _ in range(args.trials):

@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
 
 from api.optuna_tables import OptunaTables
-from tests.api.conftest import ADMIN_URL
 from tests.api.factories import counted
+from tests.db.conftest import postgres_admin, postgres_url  # noqa: F401  (fixtures, used by name)
 
 TrialState = optuna.trial.TrialState
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+def storage_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty Optuna storage URL (no tables yet) on each backend."""
     if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'optuna.sqlite'}"
-        return
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
-    name = f"soce_api_optuna_{uuid.uuid4().hex[:12]}"
-    with admin.connect() as conn:
-        conn.execute(text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        return f"sqlite:///{tmp_path / 'optuna.sqlite'}"
+    return request.getfixturevalue("postgres_url")  # a throwaway database (tests/db/conftest.py)
 
 
 def fill(url: str) -> optuna.storages.RDBStorage:
