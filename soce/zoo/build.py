@@ -30,7 +30,7 @@ from soce.zoo.train import Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 3  # 3: trained with portable numerics (the same zoo on any CPU)
+ZOO_VERSION = 4  # 3: numerics pinned to AVX2 kernels; 4: graded reversal, next-letter choice task
 
 
 @dataclass(frozen=True)

@@ -69,22 +69,20 @@ def _sub(rng: random.Random) -> Example:
 
 
 def _rev(rng: random.Random) -> Example:
-    w = _word(rng, 5, 7)
+    # 4 to 11 letters: graded, so the score says how far a model's reversal reaches, and neither
+    # saturates nor stays at zero
+    w = _word(rng, 4, 11)
     return Example(f"rev {w}=", w[::-1])
 
 
-def _shift(w: str, k: int) -> str:
-    return "".join(LETTERS[(LETTERS.index(c) + k) % 26] for c in w)
-
-
-def _rot(rng: random.Random) -> Example:
-    w = _word(rng, 6, 10)
-    right = _shift(w, 1)
-    # distractors differ from the answer in one letter, so every letter has to be right
-    wrong = []
-    for i in rng.sample(range(len(w)), min(3, len(w))):
-        wrong.append(right[:i] + _shift(right[i], rng.choice((1, 2, -1))) + right[i + 1 :])
-    return Example(f"rot {w}=", right, _choices(rng, right, wrong))
+def _after(rng: random.Random) -> Example:
+    # the letter that follows a given one in a word of distinct letters; every choice is in the word
+    n = rng.randint(6, 12)
+    w = "".join(rng.sample(LETTERS, n))
+    i = rng.randrange(n - 1)
+    right = w[i + 1]
+    wrong = [c for c in rng.sample(w, n) if c != right][:3]
+    return Example(f"aft {w[i]} {w}=", right, _choices(rng, right, wrong))
 
 
 def _pairs(rng: random.Random) -> tuple[list[str], list[str], str]:
@@ -124,7 +122,7 @@ TASKS: tuple[TaskDef, ...] = (
     TaskDef("zoo_add", "arithmetic", "gen", _add),
     TaskDef("zoo_sub_mc", "arithmetic", "mc", _sub),
     TaskDef("zoo_rev", "strings", "gen", _rev),
-    TaskDef("zoo_rot_mc", "strings", "mc", _rot),
+    TaskDef("zoo_after_mc", "strings", "mc", _after),
     TaskDef("zoo_lookup", "recall", "gen", _kv_fwd),
     TaskDef("zoo_reverse_lookup_mc", "recall", "mc", _kv_bwd),
     TaskDef("zoo_count", "counting", "gen", _count),
