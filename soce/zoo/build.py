@@ -30,7 +30,7 @@ from soce.zoo.train import Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 4  # 3: numerics pinned to AVX2 kernels; 4: graded reversal, next-letter choice task
+ZOO_VERSION = 4  # 3: numerics pinned to AVX2 kernels; 4: graded reversal, next-letter task, mixes
 
 
 @dataclass(frozen=True)
@@ -47,7 +47,7 @@ class ZooSize:
     n_train: int
     n_dev: int
     n_test: int
-    extra_candidates: bool  # the demo zoo adds a two-category candidate
+    extra_candidates: bool  # the demo zoo adds a third two-category candidate
 
 
 SIZES: dict[str, ZooSize] = {
@@ -85,7 +85,13 @@ SIZES: dict[str, ZooSize] = {
 
 
 def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
-    """The base's plan and the candidates': a specialist per category, a generalist, and variants."""
+    """The base's plan and the candidates': a specialist per category and two-category mixes.
+
+    No candidate is fine-tuned on all categories at once. Real pools of post-training checkpoints
+    are like this (no one trained on the union of their data), and it is where a soup has room: in
+    this zoo a soup keeps about its weight's share of each expert's gain, so a uniform fine-tune
+    of the same length gains what the uniform soup of the specialists gains, and ties the soup.
+    """
     uniform = {c: 1.0 for c in CATEGORIES}
     base = TrainPlan("base", uniform, size.base_steps, size.base_lr, seed, "pretrained on all categories")
     cands = []
@@ -101,31 +107,19 @@ def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
                 f"85% {cat}, 5% each other category",
             )
         )
-    cands.append(
-        TrainPlan(
-            "generalist", uniform, size.finetune_steps, size.finetune_lr, seed + 11, "all categories equally"
-        )
-    )
-    cands.append(
-        TrainPlan(
-            "generalist-hot",
-            uniform,
-            size.finetune_steps,
-            size.finetune_lr * 2.5,
-            seed + 12,
-            "all categories equally at 2.5x the learning rate, another seed",
-        )
-    )
-    if size.extra_candidates:
-        a, b = CATEGORIES[2], CATEGORIES[3]
+    # (first category, second, learning-rate multiple, seed offset); the demo zoo adds a third mix
+    pairs = [(0, 1, 1.0, 11), (1, 2, 0.5, 12)] + ([(2, 3, 1.0, 13)] if size.extra_candidates else [])
+    for i, j, lr_mult, offset in pairs:
+        a, b = CATEGORIES[i], CATEGORIES[j]
+        other_lr = f" at {lr_mult:g}x the learning rate" if lr_mult != 1.0 else ""
         cands.append(
             TrainPlan(
                 f"{a}-{b}",
                 {c: (0.45 if c in (a, b) else 0.05) for c in CATEGORIES},
                 size.finetune_steps,
-                size.finetune_lr,
-                seed + 13,
-                f"45% {a}, 45% {b}",
+                size.finetune_lr * lr_mult,
+                seed + offset,
+                f"45% {a}, 45% {b}{other_lr}",
             )
         )
     return base, cands
