@@ -3,7 +3,7 @@
 Layout of a zoo folder:
     suite.yaml                  the SuiteSpec (categories of lm-eval tasks, dev/test splits)
     tasks/<task>.yaml           lm-eval task configs reading data/<task>/{dev,test}.jsonl
-    data/<task>/{train,dev,test}.jsonl
+    data/<task>/{pretrain,train,dev,test}.jsonl   (pretrain: the base's easy-range examples)
     base/                       the pretrained base (Hugging Face folder)
     candidates/<name>/          fine-tunes of the base, each with its own category mixture
     zoo.json                    what was built and how (sizes, seeds, mixtures, losses)
@@ -30,7 +30,7 @@ from soce.zoo.train import Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 4  # 3: numerics pinned to AVX2 kernels; 4: graded reversal, next-letter task, mixes
+ZOO_VERSION = 5  # 3: AVX2 kernels; 4: graded reversal, mixes; 5: the base learns easy ranges only
 
 
 @dataclass(frozen=True)
@@ -88,12 +88,15 @@ def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
     """The base's plan and the candidates': a specialist per category and two-category mixes.
 
     No candidate is fine-tuned on all categories at once. Real pools of post-training checkpoints
-    are like this (no one trained on the union of their data), and it is where a soup has room: in
-    this zoo a soup keeps about its weight's share of each expert's gain, so a uniform fine-tune
-    of the same length gains what the uniform soup of the specialists gains, and ties the soup.
+    are like this (no one trained on the union of their data), and it is where a soup has room: a
+    soup keeps about its weight's share of each expert's gain (measured on zoo version 4), so a
+    uniform fine-tune of the same length gains what the uniform soup of the specialists gains. The
+    mixes train at half the learning rate, so each specialist leads its own category.
     """
     uniform = {c: 1.0 for c in CATEGORIES}
-    base = TrainPlan("base", uniform, size.base_steps, size.base_lr, seed, "pretrained on all categories")
+    base = TrainPlan(
+        "base", uniform, size.base_steps, size.base_lr, seed, "pretrained on the easy range of every task"
+    )
     cands = []
     for k, cat in enumerate(CATEGORIES):
         mix = {c: (0.85 if c == cat else 0.05) for c in CATEGORIES}
@@ -107,19 +110,18 @@ def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
                 f"85% {cat}, 5% each other category",
             )
         )
-    # (first category, second, learning-rate multiple, seed offset); the demo zoo adds a third mix
-    pairs = [(0, 1, 1.0, 11), (1, 2, 0.5, 12)] + ([(2, 3, 1.0, 13)] if size.extra_candidates else [])
-    for i, j, lr_mult, offset in pairs:
+    # (first category, second, seed offset); the demo zoo adds a third mix
+    pairs = [(0, 1, 11), (1, 2, 12)] + ([(2, 3, 13)] if size.extra_candidates else [])
+    for i, j, offset in pairs:
         a, b = CATEGORIES[i], CATEGORIES[j]
-        other_lr = f" at {lr_mult:g}x the learning rate" if lr_mult != 1.0 else ""
         cands.append(
             TrainPlan(
                 f"{a}-{b}",
                 {c: (0.45 if c in (a, b) else 0.05) for c in CATEGORIES},
                 size.finetune_steps,
-                size.finetune_lr * lr_mult,
+                size.finetune_lr * 0.5,
                 seed + offset,
-                f"45% {a}, 45% {b}{other_lr}",
+                f"45% {a}, 45% {b}, 5% each other category, half the learning rate",
             )
         )
     return base, cands
@@ -162,17 +164,31 @@ def _write_jsonl(path: Path, examples: list[Example]) -> None:
     path.write_text("".join(json.dumps(ex.row()) + "\n" for ex in examples))
 
 
-def write_benchmark(root: Path, final_root: Path, size: ZooSize, seed: int) -> dict[str, list[Example]]:
-    """Data, task YAMLs (pointing at `final_root`, where the zoo will live) and suite.yaml."""
+def write_benchmark(
+    root: Path, final_root: Path, size: ZooSize, seed: int
+) -> tuple[dict[str, list[Example]], dict[str, list[Example]]]:
+    """Data, task YAMLs (pointing at `final_root`, where the zoo will live) and suite.yaml.
+
+    Returns the base's pretraining examples and the fine-tunes' training examples, per task.
+    """
+    pretrain_sets: dict[str, list[Example]] = {}
     train_sets: dict[str, list[Example]] = {}
     (root / "tasks").mkdir(parents=True)
     for task in TASKS:
-        splits = make_splits(task, seed=seed, n_train=size.n_train, n_dev=size.n_dev, n_test=size.n_test)
+        splits = make_splits(
+            task,
+            seed=seed,
+            n_train=size.n_train,
+            n_dev=size.n_dev,
+            n_test=size.n_test,
+            n_pretrain=size.n_train,
+        )
         folder = root / "data" / task.name
         folder.mkdir(parents=True)
         for split, examples in splits.items():
             _write_jsonl(folder / f"{split}.jsonl", examples)
         train_sets[task.name] = splits["train"]
+        pretrain_sets[task.name] = splits["pretrain"]
         cfg = task_config(task.name, task.kind, final_root / "data" / task.name)
         (root / "tasks" / f"{task.name}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     suite = {
@@ -186,7 +202,7 @@ def write_benchmark(root: Path, final_root: Path, size: ZooSize, seed: int) -> d
         ],
     }
     (root / "suite.yaml").write_text(yaml.safe_dump(suite, sort_keys=False))
-    return train_sets
+    return pretrain_sets, train_sets
 
 
 # Float results of the same program differ between CPUs: MKL and ATen pick kernels by instruction set
@@ -321,7 +337,7 @@ def _build_here(
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         tmp.chmod(0o755)
-        train_sets = write_benchmark(tmp, out, spec, seed)
+        pretrain_sets, train_sets = write_benchmark(tmp, out, spec, seed)
         tokenizer = build_char_tokenizer()
         base_plan, cand_plans = plans(spec, seed)
         total = base_plan.steps + sum(p.steps for p in cand_plans)
@@ -342,7 +358,7 @@ def _build_here(
         )
         torch.manual_seed(seed)
         base = LlamaForCausalLM(config)
-        losses = {"base": train(base, batcher, base_plan, batch_size=spec.batch, tick=tick)}
+        losses = {"base": train(base, Batcher(pretrain_sets), base_plan, batch_size=spec.batch, tick=tick)}
         _save(base, tokenizer, tmp / "base")
         for plan in cand_plans:
             model = copy.deepcopy(base)
