@@ -108,27 +108,39 @@ def test_rolling_loglikelihoods_equal_hflms(candidate: tuple) -> None:
 def test_generations_equal_hflms(zoo_suite: SuiteSpec, candidate: tuple) -> None:
     model, tokenizer = candidate
     greedy = {"do_sample": False}
-    prompts = ["add 12 7=", "add 1 10=", "add 3 4=", "add 15 16=", "rev abcd=", "cnt a abca="]
-    extra = [request("generate_until", p, {"until": ["1"], "max_gen_toks": 6, **greedy}) for p in prompts]
+    prompts = [
+        "add 12 7=",
+        "add 1 10=",
+        "add 3 4=",
+        "add 15 16=",
+        "shf 1 abcd=",
+        "cnt a abca=",
+        "fwd kqz bam=",
+    ]
+    ours = BatchedLM(model, tokenizer, batch_size=4)
+    free = ours.generate_until(
+        [request("generate_until", p, {"until": [], "max_gen_toks": 6, **greedy}) for p in prompts]
+    )
+    # a stop string that ends some rows at their first token and others later: rows of one batch
+    # then stop at different steps
+    stop = next(c for c in dict.fromkeys(t[0] for t in free if t) if any(c not in t[:2] for t in free))
+    extra = [request("generate_until", p, {"until": [stop], "max_gen_toks": 6, **greedy}) for p in prompts]
     extra += [
         request("generate_until", "add 2 2= ", {"until": ["\n"], "max_gen_toks": 4, **greedy}),
-        request("generate_until", "rev abc=", {"until": "c", "max_gen_toks": 5, **greedy}),
+        request("generate_until", "shf 2 abc=", {"until": "c", "max_gen_toks": 5, **greedy}),
         request("generate_until", "add 3 3=", {"until": [], "max_gen_toks": 7, **greedy}),
         request("generate_until", LONG + "=", {"until": ["\n"], "max_gen_toks": 3, **greedy}),
         # a setting our greedy loop does not do: model.generate with HFLM's arguments
         request(
-            "generate_until", "rev abab=", {"until": ["\n"], "max_gen_toks": 6, "repetition_penalty": 2.0}
+            "generate_until", "shf 1 abab=", {"until": ["\n"], "max_gen_toks": 6, "repetition_penalty": 2.0}
         ),
     ]
     requests = zoo_requests(zoo_suite, "generate_until") + extra
-    ours = BatchedLM(model, tokenizer, batch_size=4)
     got = ours.generate_until(requests)
     assert ours.generate_until(requests) == got
     assert got == hflm(model, tokenizer, batch_size=4).generate_until(requests, disable_tqdm=True)
-    cut = got[
-        -len(extra) : -len(extra) + len(prompts)
-    ]  # until "1": rows of one batch stop at different steps
-    assert "" in cut and any(len(text) > 1 for text in cut), cut
+    cut = got[-len(extra) : -len(extra) + len(prompts)]
+    assert "" in cut and any(len(text) > 1 for text in cut), (stop, cut)
 
 
 def test_scores_equal_lm_evals_simple_evaluate(
