@@ -181,7 +181,7 @@ def write_benchmark(
             n_train=size.n_train,
             n_dev=size.n_dev,
             n_test=size.n_test,
-            n_pretrain=size.n_train,
+            n_pretrain=size.n_train,  # as many as a fine-tune draws from; fewer where the easy range is small
         )
         folder = root / "data" / task.name
         folder.mkdir(parents=True)
