@@ -80,17 +80,19 @@ def _shift(word: str, k: int) -> str:
     return "".join(LETTERS[(LETTERS.index(c) + k) % 26] for c in word)
 
 
-def _caesar(rng: random.Random, easy: bool) -> Example:
+def _shift_question(rng: random.Random, easy: bool) -> tuple[int, str]:
     # every letter moved k places on in the alphabet; the base knows the small shifts only
-    k = rng.randint(1, 3 if easy else 12)
-    w = _word(rng, 3, 6)
+    return rng.randint(1, 3 if easy else 12), _word(rng, 3, 6)
+
+
+def _caesar(rng: random.Random, easy: bool) -> Example:
+    k, w = _shift_question(rng, easy)
     return Example(f"shf {k} {w}=", _shift(w, k))
 
 
 def _caesar_mc(rng: random.Random, easy: bool) -> Example:
     # the same question with the word moved by neighbouring shifts as the wrong choices
-    k = rng.randint(1, 3 if easy else 12)
-    w = _word(rng, 3, 6)
+    k, w = _shift_question(rng, easy)
     right = _shift(w, k)
     return Example(
         f"csr {k} {w}=", right, _choices(rng, right, [_shift(w, j) for j in (k - 1, k + 1, k + 2)])
@@ -100,11 +102,9 @@ def _caesar_mc(rng: random.Random, easy: bool) -> Example:
 def _dictionary() -> tuple[tuple[str, str], ...]:
     """A fixed vocabulary of 400 three-letter words, each with a digit: the facts the recall tasks ask."""
     rng = random.Random("soce-zoo-dictionary")
-    words: list[str] = []
+    words: dict[str, None] = {}  # distinct words in the order drawn
     while len(words) < 400:
-        w = _word(rng, 3, 3)
-        if w not in words:
-            words.append(w)
+        words.setdefault(_word(rng, 3, 3))
     return tuple((w, rng.choice(string.digits)) for w in words)
 
 
@@ -113,8 +113,7 @@ EASY_WORDS = 100  # the base learns the first 100 words' digits; the rest only a
 
 
 def _two_words(rng: random.Random, easy: bool) -> tuple[tuple[str, str], tuple[str, str]]:
-    pool = DICTIONARY[:EASY_WORDS] if easy else DICTIONARY
-    a, b = rng.sample(pool, 2)
+    a, b = rng.sample(DICTIONARY[:EASY_WORDS] if easy else DICTIONARY, 2)
     return a, b
 
 

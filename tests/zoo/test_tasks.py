@@ -30,11 +30,13 @@ def test_splits_are_disjoint_and_deterministic(task) -> None:
     assert [e.prompt for e in other["dev"]] != [e.prompt for e in a["dev"]]
 
 
+WORD_INDEX = {w: i for i, (w, _) in enumerate(DICTIONARY)}
+
+
 def _difficulty(task, prompt: str) -> int:
     """How far into its task's range an example reaches: the largest number, shift, word or length."""
     if task.category == "recall":
-        index = {w: i for i, (w, _) in enumerate(DICTIONARY)}
-        return max(index[w] for w in prompt[4:-1].split())
+        return max(WORD_INDEX[w] for w in prompt[4:-1].split())
     if task.category == "counting":
         return len(prompt[:-1].split()[-1])
     return max(int(n) for n in re.findall(r"\d+", prompt))
