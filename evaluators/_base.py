@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from soce.schemas.scores import SuiteScores, TaskScore
-from soce.schemas.suite import Split, SuiteSpec, TaskSpec
+from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec
 
 Progress = Callable[[int], None]  # advance a progress bar by this many tasks
 
@@ -38,8 +38,10 @@ class TaskEvaluator(Evaluator):
     cacheable = True
 
     @abstractmethod
-    def task_fingerprint(self, suite: SuiteSpec, task: TaskSpec, split: Split) -> str:
-        """Content hash of what defines `task` on `split` (its files and the split name)."""
+    def task_fingerprint(
+        self, suite: SuiteSpec, task: TaskSpec, split: Split, *, part: DevPart | None = None
+    ) -> str:
+        """Content hash of what defines `task` on `split` (its files, the split name and the part)."""
 
     @abstractmethod
     def score_tasks(
@@ -50,8 +52,9 @@ class TaskEvaluator(Evaluator):
         tasks: Sequence[TaskSpec],
         *,
         progress: Progress | None = None,
+        part: DevPart | None = None,
     ) -> dict[str, TaskScore]:
-        """Evaluate the checkpoint folder on `tasks` only."""
+        """Evaluate the checkpoint folder on `tasks` only (on the examples of `part` of dev, if given)."""
 
     def score(
         self, candidate: str | Path, suite: SuiteSpec, split: Split, *, progress: Progress | None = None

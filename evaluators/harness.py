@@ -35,7 +35,7 @@ from evaluators.task_files import (
 from soce.config import Settings, get_settings
 from soce.errors import EvaluationError, SuiteError
 from soce.schemas.scores import TaskScore
-from soce.schemas.suite import Split, SuiteSpec, TaskSpec
+from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec, canonical_hash
 
 log = logging.getLogger(__name__)
 
@@ -225,6 +225,24 @@ def _build_task(manager: Any, suite: SuiteSpec, spec: TaskSpec, split: Split) ->
             f"task {spec.name!r} does not produce metric {spec.metric!r} (it produces: {', '.join(keys)})"
         )
     return task
+
+
+def part_fingerprint(fingerprint: str, part: DevPart | None) -> str:
+    """The fingerprint of a task's examples in `part` of its split (the task's own without a part)."""
+    return fingerprint if part is None else canonical_hash([fingerprint, part.key])
+
+
+def keep_part(task: Any, split_name: str, part: DevPart, *, name: str) -> None:
+    """Keep only the examples of `part` in the task's `split_name` data (before requests are built)."""
+    data = task.dataset[split_name]
+    keep = [i for i, row in enumerate(data) if part.holds(dict(row))]
+    if not keep:
+        raise EvaluationError(
+            f"task {name!r}: none of its {len(data)} dev example(s) falls in the {part.label} "
+            f"(selection fraction {part.fraction:g}); give the task more dev examples or change "
+            "selection_fraction"
+        )
+    task.dataset[split_name] = data.select(keep) if hasattr(data, "select") else [data[i] for i in keep]
 
 
 # --- documents and requests built once; an evaluation as lm-eval's evaluate() does it ---
@@ -446,13 +464,24 @@ class LmEvalEvaluator(TaskEvaluator):
     def version(self) -> str:
         return f"2+lm_eval-{lm_eval_version()}"
 
-    def task_fingerprint(self, suite: SuiteSpec, task: TaskSpec, split: Split) -> str:
+    def task_fingerprint(
+        self, suite: SuiteSpec, task: TaskSpec, split: Split, *, part: DevPart | None = None
+    ) -> str:
         names = [t.name for t in suite.tasks]
         if task.name in names:
-            return self.suite_fingerprints(suite, split)[names.index(task.name)]
-        return task_fingerprint(suite, task.name, split, lm_eval_version=lm_eval_version())
+            return self.suite_fingerprints(suite, split, part=part)[names.index(task.name)]
+        return part_fingerprint(
+            task_fingerprint(suite, task.name, split, lm_eval_version=lm_eval_version()), part
+        )
 
-    def suite_fingerprints(self, suite: SuiteSpec, split: Split) -> tuple[str, ...]:
+    def suite_fingerprints(
+        self, suite: SuiteSpec, split: Split, *, part: DevPart | None = None
+    ) -> tuple[str, ...]:
+        """task_fingerprint of every task (of the examples in `part` of the split, when given)."""
+        whole = self._suite_fingerprints(suite, split)
+        return whole if part is None else tuple(part_fingerprint(f, part) for f in whole)
+
+    def _suite_fingerprints(self, suite: SuiteSpec, split: Split) -> tuple[str, ...]:
         """task_fingerprint of every task of the suite, computed again only when one of its files changes.
 
         They are remembered in this process and in the data folder with the sizes and modification
@@ -479,9 +508,12 @@ class LmEvalEvaluator(TaskEvaluator):
             _write_fingerprints(store, key, (stamp, fingerprints))
         return fingerprints
 
-    def task_set(self, suite: SuiteSpec, split: Split) -> TaskSet:
-        """The suite's lm-eval tasks for `split`, built on first use in this process and then reused."""
-        fingerprints = self.suite_fingerprints(suite, split)
+    def task_set(self, suite: SuiteSpec, split: Split, *, part: DevPart | None = None) -> TaskSet:
+        """The suite's lm-eval tasks for `split` (only the examples of `part`, when given), built on
+        first use in this process and then reused."""
+        if part is not None and split != "dev":
+            raise EvaluationError(f"only the dev split has parts, not the {split} split")
+        fingerprints = self.suite_fingerprints(suite, split, part=part)
         key = (
             suite.include_path,
             suite.split_name(split),
@@ -489,6 +521,7 @@ class LmEvalEvaluator(TaskEvaluator):
             suite.limit,
             suite.num_fewshot,
             suite.seed,
+            part.key if part else None,
         )
         with _build_lock:
             found = _task_sets.get(key)
@@ -498,6 +531,9 @@ class LmEvalEvaluator(TaskEvaluator):
                     task_index(suite.include_path)  # SuiteError for a missing folder before lm-eval runs
                 manager = _task_manager(suite.include_path)
                 tasks = {t.name: _build_task(manager, suite, t, split) for t in suite.tasks}
+                if part is not None:
+                    for name, task in tasks.items():
+                        keep_part(task, suite.split_name(split), part, name=name)
                 found = _task_sets[key] = TaskSet(fingerprints, tasks)
         return found
 
@@ -511,15 +547,17 @@ class LmEvalEvaluator(TaskEvaluator):
         tasks: Sequence[TaskSpec] | None = None,
         progress: Progress | None = None,
         samples: bool = False,
+        part: DevPart | None = None,
     ) -> dict[str, TaskScore]:
         """Score an in-memory transformers model (on its own device) on `tasks` (default: all).
 
         samples: also give each task's per-document metric values (TaskScore.samples, in document
         order), e.g. for paired bootstrap confidence intervals.
+        part: only the dev examples of this part (DevPart).
         """
         from evaluators.batched_lm import BatchedLM
 
-        task_set = self.task_set(suite, split)
+        task_set = self.task_set(suite, split, part=part)
         specs = list(tasks if tasks is not None else suite.tasks)
         model.eval()
         lm = BatchedLM(model, tokenizer, batch_size=self.batch_size, show_progress=self.show_progress)
@@ -573,11 +611,14 @@ class LmEvalEvaluator(TaskEvaluator):
         tasks: Sequence[TaskSpec],
         *,
         progress: Progress | None = None,
+        part: DevPart | None = None,
     ) -> dict[str, TaskScore]:
-        self.task_set(suite, split)  # a broken suite fails before the model is loaded
+        self.task_set(suite, split, part=part)  # a broken suite fails before the model is loaded
         model, tokenizer = self.load_checkpoint(Path(checkpoint))
         try:
-            return self.evaluate_model(model, tokenizer, suite, split, tasks=tasks, progress=progress)
+            return self.evaluate_model(
+                model, tokenizer, suite, split, tasks=tasks, progress=progress, part=part
+            )
         finally:
             del model
             gc.collect()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -110,3 +110,41 @@ def choose_experts(
         for k, c in enumerate(top)
     ]
     return Experts(choices + fallback, top, True, warnings)
+
+
+def best_single(candidates: Sequence[str], averages: Sequence[float | None]) -> str:
+    """The candidate with the best dev average (ties: the one listed first)."""
+    order = {c: i for i, c in enumerate(candidates)}
+    avg = {c: (a if _ok(a) else -math.inf) for c, a in zip(candidates, averages, strict=True)}
+    return min(candidates, key=lambda c: (-avg[c], order[c]))
+
+
+def ingredient_pool(
+    experts: Experts,
+    candidates: Sequence[str],
+    averages: Sequence[float | None],
+    *,
+    include_best_single: bool = True,
+) -> Experts:
+    """The soup's ingredients: the experts plus the best single candidate by dev average.
+
+    With the best single candidate among the ingredients, the searched space contains it (weight 1
+    on it), so a search can only find soups that are at least as good on dev; its absence is the
+    paper's experts-only pool. Each ingredient's reason is among the returned choices.
+    """
+    if not include_best_single:
+        return experts
+    best = best_single(candidates, averages)
+    score = dict(zip(candidates, averages, strict=True))[best]
+    shown = f"{score:.4f}" if _ok(score) else "none"
+    if best in experts.candidates:
+        reason = f"also the best single candidate by dev average ({shown})"
+        return replace(
+            experts, choices=[*experts.choices, ExpertChoice(None, best, score, None, None, None, reason)]
+        )
+    reason = (
+        f"the best single candidate by dev average ({shown}), expert in no weakly correlated category: "
+        "an ingredient so that the searched weights contain it"
+    )
+    choice = ExpertChoice(None, best, score, None, None, None, reason)
+    return replace(experts, choices=[*experts.choices, choice], candidates=[*experts.candidates, best])

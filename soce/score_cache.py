@@ -19,7 +19,7 @@ from sqlalchemy import Engine, Row, select
 from soce.checkpoints import Checkpoint, checkpoint_hash
 from soce.db import Score, add_scores, session_scope
 from soce.schemas.scores import SuiteScores, TaskScore
-from soce.schemas.suite import Split, SuiteSpec, TaskSpec, canonical_hash
+from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec, canonical_hash
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,8 @@ log = logging.getLogger(__name__)
 class TaskScorer(Protocol):
     """What the cache needs from an evaluator (evaluators.TaskEvaluator is one).
 
-    A scorer may also offer `suite_fingerprints(suite, split)`, every task's fingerprint at once.
+    A scorer may also offer `suite_fingerprints(suite, split, part=None)`, every task's fingerprint
+    at once. A part of dev (DevPart) is passed as `part=` only when one is asked for.
     """
 
     name: str
@@ -64,17 +65,22 @@ class ScoreKey:
         return canonical_hash(asdict(self))
 
 
-def task_fingerprints(scorer: TaskScorer, suite: SuiteSpec, split: Split) -> list[str]:
+def task_fingerprints(
+    scorer: TaskScorer, suite: SuiteSpec, split: Split, part: DevPart | None = None
+) -> list[str]:
     """Every task's fingerprint, in one call where the scorer offers it (one check of the files)."""
+    kwargs = {"part": part} if part is not None else {}
     all_at_once = getattr(scorer, "suite_fingerprints", None)
     if all_at_once is not None:
-        return list(all_at_once(suite, split))
-    return [scorer.task_fingerprint(suite, t, split) for t in suite.tasks]
+        return list(all_at_once(suite, split, **kwargs))
+    return [scorer.task_fingerprint(suite, t, split, **kwargs) for t in suite.tasks]
 
 
-def score_keys(scorer: TaskScorer, ckpt_hash: str, suite: SuiteSpec, split: Split) -> dict[str, ScoreKey]:
-    """The cache key of every task of the suite for one checkpoint content."""
-    fingerprints = task_fingerprints(scorer, suite, split)
+def score_keys(
+    scorer: TaskScorer, ckpt_hash: str, suite: SuiteSpec, split: Split, part: DevPart | None = None
+) -> dict[str, ScoreKey]:
+    """The cache key of every task of the suite for one checkpoint content (and part of dev)."""
+    fingerprints = task_fingerprints(scorer, suite, split, part)
     return {
         t.name: ScoreKey(
             checkpoint_hash=ckpt_hash,
@@ -113,11 +119,13 @@ def score_checkpoint(
     engine: Engine | None = None,
     progress: Callable[[int], None] | None = None,
     use_cache: bool = True,
+    part: DevPart | None = None,
 ) -> SuiteScores:
-    """Scores of a checkpoint folder: stored ones from the cache, the rest evaluated and stored."""
+    """Scores of a checkpoint folder (on `part` of dev, if given): stored ones from the cache, the rest
+    evaluated and stored."""
     with Checkpoint.open(checkpoint) as ckpt:
         ckpt_hash = checkpoint_hash(ckpt)
-    keys = score_keys(scorer, ckpt_hash, suite, split)
+    keys = score_keys(scorer, ckpt_hash, suite, split, part)
     tasks: dict[str, TaskScore] = {}
     if use_cache:
         stored = stored_scores(engine, [k.digest for k in keys.values()])
@@ -131,12 +139,13 @@ def score_checkpoint(
     missing = [t for t in suite.tasks if t.name not in tasks]
     if missing:
         log.info("%s: evaluating %d task(s), %d cached", checkpoint, len(missing), len(tasks))
-        fresh = scorer.score_tasks(Path(checkpoint), suite, split, missing, progress=progress)
+        kwargs = {"part": part} if part is not None else {}
+        fresh = scorer.score_tasks(Path(checkpoint), suite, split, missing, progress=progress, **kwargs)
         tasks.update(fresh)
         rows = [
             Score(
                 key=keys[name].digest,
-                split=suite.split_name(split),
+                split=suite.split_name(split) + (f":{part.key}" if part else ""),
                 task=name,
                 value=s.value,
                 stderr=s.stderr,
@@ -153,4 +162,5 @@ def score_checkpoint(
         candidate=str(checkpoint),
         evaluator=scorer.name,
         tasks={t.name: tasks[t.name] for t in suite.tasks},
+        part=part.name if part else None,
     )

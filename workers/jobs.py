@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine, select, update
 
@@ -31,10 +31,12 @@ from soce.config import Settings, get_settings
 from soce.db import JOB_FINISHED_STATES, Candidate, Job, Soup, get_engine, session_scope
 from soce.errors import SoceError
 from soce.schemas.run import RunRecipe
-from soce.schemas.scores import ScoreMatrix
 from soce.schemas.suite import SuiteSpec, canonical_hash
 from workers.metrics import count_score_cache
 from workers.progress import Advance, Stages
+
+if TYPE_CHECKING:
+    from workers.pipeline import Matrices
 
 log = logging.getLogger(__name__)
 
@@ -362,12 +364,15 @@ class Context:
             assert job is not None
             return dict(job.analysis or {}), dict(job.timings or {})
 
-    def matrices(self) -> tuple[ScoreMatrix, ScoreMatrix]:
+    def matrices(self) -> Matrices:
+        """The candidates' score matrices the score step stored: dev, test and the parts of dev."""
+        from workers.pipeline import Matrices
+
         analysis, _ = self.stored()
         scores = analysis.get("scores") or {}
         if "dev" not in scores or "test" not in scores:
             raise JobError(f"job {self.job_id}: no stored score matrices (the score step did not finish)")
-        return ScoreMatrix.model_validate(scores["dev"]), ScoreMatrix.model_validate(scores["test"])
+        return Matrices.from_dict(scores)
 
 
 def start(ctx: Context) -> dict[str, Any]:
@@ -385,23 +390,17 @@ def start(ctx: Context) -> dict[str, Any]:
 
 def score(ctx: Context) -> dict[str, Any]:
     """Every candidate on dev and test, through the score cache."""
-    from workers.pipeline import score_step
+    from workers.pipeline import score_all
 
     started = time.perf_counter()
     inputs = run_inputs(ctx.spec, ctx.settings)
-    dev = score_step(inputs, "dev", engine=ctx.engine, stages=ctx.progress)
-    test = score_step(inputs, "test", engine=ctx.engine, stages=ctx.progress)
+    matrices = score_all(inputs, engine=ctx.engine, stages=ctx.progress)
     record_candidate_hashes(ctx.engine, ctx.spec.job_id)
     analysis, timings = ctx.stored()
-    cached = sum(s.cached_tasks for m in (dev, test) for s in m.scores)
-    evaluated = sum(len(s.tasks) for m in (dev, test) for s in m.scores) - cached
+    cached = sum(s.cached_tasks for m in matrices.all for s in m.scores)
+    evaluated = sum(len(s.tasks) for m in matrices.all for s in m.scores) - cached
     count_score_cache(ctx.settings.broker_url, hits=cached, misses=evaluated)
-    analysis["scores"] = {
-        "dev": dev.model_dump(mode="json", exclude={"scores"}),
-        "test": test.model_dump(mode="json", exclude={"scores"}),
-        "cached_tasks": cached,
-        "evaluated_tasks": evaluated,
-    }
+    analysis["scores"] = {**matrices.as_dict(), "cached_tasks": cached, "evaluated_tasks": evaluated}
     return {"analysis": analysis, "timings": {**timings, "score": time.perf_counter() - started}}
 
 
@@ -442,14 +441,14 @@ def analyse(ctx: Context) -> dict[str, Any]:
     from workers.pipeline import analyse_step
 
     started = time.perf_counter()
-    dev, _ = ctx.matrices()
-    result = analyse_step(dev, ctx.spec.recipe)
+    result = analyse_step(ctx.matrices().search, ctx.spec.recipe)
     analysis, timings = ctx.stored()
     analysis.update(
         correlation=result.correlation.as_dict(),
         experts=[c.as_dict() for c in result.experts.choices],
         expert_candidates=list(result.experts.candidates),
         experts_fallback=result.experts.fallback,
+        best_single=result.best_single,
         warnings=[*result.correlation.warnings, *result.experts.warnings],
     )
     return {"analysis": analysis, "timings": {**timings, "analyse": time.perf_counter() - started}}
@@ -458,32 +457,34 @@ def analyse(ctx: Context) -> dict[str, Any]:
 def finalize(ctx: Context) -> dict[str, Any]:
     """Baselines, the soup written to the job's folder, test scores, report; the Soup row."""
     from soce.checkpoints import Checkpoint, checkpoint_hash
-    from workers.pipeline import baselines_step, finalize_step
+    from workers.pipeline import baselines_step, finalize_step, select_step
     from workers.trials import open_search
 
     started = time.perf_counter()
     inputs = run_inputs(ctx.spec, ctx.settings)
     resident = resident_soup(inputs, ctx.settings)
     inputs = replace(inputs, evaluator=resident.evaluator)
-    dev, test = ctx.matrices()
+    matrices = ctx.matrices()
     analysis, search = open_search(ctx, inputs, resident)
     result = search.result()  # every trial has finished: the job left `searching` only then
-    baselines = baselines_step(inputs, dev, analysis, resident, stages=ctx.progress)
+    baselines = baselines_step(inputs, matrices.search, analysis, resident, stages=ctx.progress)
+    selected = select_step(inputs, analysis, result, baselines, resident, stages=ctx.progress)
     stored, timings = ctx.stored()
     run = finalize_step(
         inputs,
-        dev,
-        test,
+        matrices,
         analysis,
         result,
         baselines,
+        selected,
         resident,
         stages=ctx.progress,
         seconds=timings,
         extra_baselines=ctx.spec.extra_baselines,
     )
-    weights = result.best.weights
-    assert weights is not None  # finalize_step refuses a best trial without weights
+    soup_name = selected.soup_name
+    assert soup_name is not None  # finalize_step refuses a selection without a soup
+    weights = selected.weights[soup_name]
     with Checkpoint.open(run.soup_path) as ckpt:
         soup_hash = checkpoint_hash(ckpt)
     ingredients = []
@@ -502,7 +503,11 @@ def finalize(ctx: Context) -> dict[str, Any]:
         "content_hash": soup_hash,
         "weights": weights.as_dict(),
         "scores": {
+            "verdict": run.report["verdict"],
+            "decision": run.report["decision"],
+            "recommended": soup["recommended"],
             "dev_average": soup["dev_average"],
+            "selection_average": soup["selection_average"],
             "test": soup["test"],
             "test_average": soup["test_average"],
             "test_average_interval": soup["test_average_interval"],
@@ -518,7 +523,8 @@ def finalize(ctx: Context) -> dict[str, Any]:
             "dtype": soup["dtype"],
             "ingredients": ingredients,
             "study": result.study_name,
-            "trial": result.best.number,
+            "trial": selected.trials.get(soup_name),
+            "source": soup["source"],
             "report": str(run.report_json),
         },
     }
@@ -531,6 +537,9 @@ def finalize(ctx: Context) -> dict[str, Any]:
             for k, v in values.items():
                 setattr(row, k, v)
     stored["report"] = {"json": str(run.report_json), "html": str(run.report_html)}
+    stored["verdict"] = run.report["verdict"]
+    stored["decision"] = run.report["decision"]
+    stored["selection"] = run.report["selection"]
     stored["warnings"] = run.report["warnings"]
     timings = {**timings, "finalize": time.perf_counter() - started}
     return {"analysis": stored, "timings": timings, "finished_at": _now()}

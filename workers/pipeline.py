@@ -1,7 +1,10 @@
-"""The SoCE pipeline as plain functions: score, analyse, search, baselines, finalize.
+"""The SoCE pipeline as plain functions: score, analyse, search, baselines, select, finalize.
 
 `soce run` and `soce demo` call them in-process on embedded defaults; the service wraps the same
 steps in Celery tasks. Decisions use the dev split only; the test split is scored to report.
+Dev is split per task by a hash of each example (`selection_fraction`): everything up to the weight
+search and the greedy soup reads the search part; the final model (a soup, or the best single
+candidate) is chosen on the selection part, which none of those choices saw.
 """
 
 from __future__ import annotations
@@ -14,21 +17,23 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from optimizer.bootstrap import Interval, paired_bootstrap
 from optimizer.correlation import Correlation, analyse_correlation
-from optimizer.experts import Experts, choose_experts
+from optimizer.experts import Experts, best_single, choose_experts, ingredient_pool
 from optimizer.greedy import GreedySoup, greedy_soup
-from optimizer.search import SearchConfig, SearchResult, WeightSearch
+from optimizer.search import SearchConfig, SearchResult, TrialRecord, WeightSearch
+from optimizer.selection import Contender, Selection, select_final
 from optimizer.space import SearchSpace, SoupWeights
 from soce.checkpoints import Checkpoint, check_compatibility, checkpoint_hash, ensure_compatible
 from soce.config import Settings, get_settings
 from soce.errors import EvaluationError, SearchError, SoceError
 from soce.schemas.run import RunRecipe
 from soce.schemas.scores import ScoreMatrix, SuiteScores, TaskScore
-from soce.schemas.suite import Split, SuiteSpec, canonical_hash
+from soce.schemas.suite import DevPart, Split, SuiteSpec, canonical_hash
 from workers.progress import Stages
 from workers.resident import ResidentSoup, merge_recipe
 
@@ -82,34 +87,92 @@ def open_run(recipe: RunRecipe, *, settings: Settings | None = None) -> RunInput
 
 
 # --- score ---------------------------------------------------------------------------------------
+def dev_parts(recipe: RunRecipe) -> tuple[DevPart | None, DevPart | None]:
+    """The search and selection parts of dev; (None, None) when no part is kept out of the search."""
+    f = recipe.selection_fraction
+    if f <= 0:
+        return None, None
+    return DevPart(name="search", fraction=f), DevPart(name="select", fraction=f)
+
+
 def score_step(
-    inputs: RunInputs, split: Split, *, engine: Any = None, stages: Stages | None = None
+    inputs: RunInputs,
+    split: Split,
+    *,
+    engine: Any = None,
+    stages: Stages | None = None,
+    part: DevPart | None = None,
 ) -> ScoreMatrix:
-    """Every candidate on `split`, from the score cache where it can."""
+    """Every candidate on `split` (on `part` of dev, if given), from the score cache where it can."""
     from soce.score_cache import score_checkpoint
 
     stages = stages or Stages(quiet=True)
     results = []
-    with stages.stage(
-        f"score {split}", total=len(inputs.paths) * len(inputs.suite.tasks), unit="task"
-    ) as advance:
+    desc = f"score {split}" + (f" {part.name}" if part else "")
+    with stages.stage(desc, total=len(inputs.paths) * len(inputs.suite.tasks), unit="task") as advance:
         for label, path in inputs.paths.items():
+            kwargs = {"part": part} if part is not None else {}
             got = score_checkpoint(
-                inputs.evaluator, path, inputs.suite, split, engine=engine, progress=advance
+                inputs.evaluator, path, inputs.suite, split, engine=engine, progress=advance, **kwargs
             )
             results.append(got.model_copy(update={"candidate": label}))
     return ScoreMatrix.from_scores(results)
+
+
+@dataclass(frozen=True)
+class Matrices:
+    """The candidates' scores: all of dev and test (reported), and the parts of dev that choose."""
+
+    dev: ScoreMatrix
+    test: ScoreMatrix
+    search: ScoreMatrix  # the search part of dev; all of dev when no part is kept out
+    select: ScoreMatrix | None  # the selection part; None when the choice reuses the search's examples
+
+    def as_dict(self) -> dict[str, Any]:
+        out = {
+            "dev": self.dev.model_dump(mode="json", exclude={"scores"}),
+            "test": self.test.model_dump(mode="json", exclude={"scores"}),
+        }
+        if self.select is not None:
+            out["search"] = self.search.model_dump(mode="json", exclude={"scores"})
+            out["select"] = self.select.model_dump(mode="json", exclude={"scores"})
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Matrices:
+        dev = ScoreMatrix.model_validate(data["dev"])
+        search = ScoreMatrix.model_validate(data["search"]) if "search" in data else dev
+        select = ScoreMatrix.model_validate(data["select"]) if "select" in data else None
+        return cls(dev, ScoreMatrix.model_validate(data["test"]), search, select)
+
+    @property
+    def all(self) -> list[ScoreMatrix]:
+        return [self.dev, self.test] + ([self.search, self.select] if self.select is not None else [])
+
+
+def score_all(inputs: RunInputs, *, engine: Any = None, stages: Stages | None = None) -> Matrices:
+    """Every candidate on dev, test and the two parts of dev (each through the score cache)."""
+    dev = score_step(inputs, "dev", engine=engine, stages=stages)
+    test = score_step(inputs, "test", engine=engine, stages=stages)
+    search_part, select_part = dev_parts(inputs.recipe)
+    if search_part is None or select_part is None:
+        return Matrices(dev, test, dev, None)
+    search = score_step(inputs, "dev", engine=engine, stages=stages, part=search_part)
+    select = score_step(inputs, "dev", engine=engine, stages=stages, part=select_part)
+    return Matrices(dev, test, search, select)
 
 
 # --- analyse -------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Analysis:
     correlation: Correlation
-    experts: Experts
+    experts: Experts  # the ingredients: category experts, and the best single candidate by default
+    best_single: str  # by dev average on the search part
 
 
 def analyse_step(dev: ScoreMatrix, recipe: RunRecipe) -> Analysis:
-    """Correlations between categories on dev, the weakly correlated ones, and their experts."""
+    """Correlations between categories on `dev` (the search part), the weakly correlated ones, their
+    experts and the ingredient pool."""
     corr = analyse_correlation(
         dev.candidates,
         dev.categories,
@@ -121,7 +184,10 @@ def analyse_step(dev: ScoreMatrix, recipe: RunRecipe) -> Analysis:
     experts = choose_experts(
         dev.candidates, dev.categories, dev.values, dev.average, corr.weak, max_experts=recipe.max_experts
     )
-    return Analysis(corr, experts)
+    pool = ingredient_pool(
+        experts, dev.candidates, dev.average, include_best_single=recipe.include_best_single
+    )
+    return Analysis(corr, pool, best_single(dev.candidates, dev.average))
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -132,9 +198,13 @@ def study_name(inputs: RunInputs, experts: Sequence[str], space: SearchSpace) ->
         with Checkpoint.open(inputs.paths[e]) as ckpt:
             hashes.append(checkpoint_hash(ckpt))
     r = inputs.recipe
+    search_part, _ = dev_parts(r)
+    kwargs = {"part": search_part} if search_part is not None else {}
     key = {
         "experts": hashes,
-        "tasks": [inputs.evaluator.task_fingerprint(inputs.suite, t, "dev") for t in inputs.suite.tasks],
+        "tasks": [
+            inputs.evaluator.task_fingerprint(inputs.suite, t, "dev", **kwargs) for t in inputs.suite.tasks
+        ],
         "metrics": [t.metric for t in inputs.suite.tasks],
         "weights": [(c.name, c.weight, [t.weight for t in c.tasks]) for c in inputs.suite.categories],
         "evaluator": [inputs.evaluator.name, inputs.evaluator.version],
@@ -156,8 +226,10 @@ def search_space(inputs: RunInputs, experts: Sequence[str], resident: ResidentSo
 def weight_search(
     inputs: RunInputs, analysis: Analysis, resident: ResidentSoup, *, storage: Any = None
 ) -> WeightSearch:
-    """The study of this search over the experts' weights on dev (created, or continued if stored)."""
+    """The study of this search over the ingredients' weights on the search part of dev (created, or
+    continued if stored)."""
     r = inputs.recipe
+    search_part, _ = dev_parts(r)
     experts = analysis.experts.candidates
     space = search_space(inputs, experts, resident)
     config = SearchConfig(
@@ -171,7 +243,7 @@ def weight_search(
     return WeightSearch(
         space,
         inputs.suite.category_names,
-        resident,
+        partial(resident, part=search_part),
         config,
         storage=storage or optuna_storage(),
         study_name=study_name(inputs, experts, space),
@@ -187,7 +259,8 @@ def search_step(
     stages: Stages | None = None,
     should_stop: Any = None,
 ) -> SearchResult:
-    """Optuna over the experts' weights on dev, trials in this process (up to `parallel_trials` threads)."""
+    """Optuna over the ingredients' weights on the search part of dev, trials in this process (up to
+    `parallel_trials` threads)."""
     stages = stages or Stages(quiet=True)
     search = weight_search(inputs, analysis, resident, storage=storage)
     with stages.stage(f"search {inputs.recipe.sampler}", total=search.n_trials, unit="trial") as advance:
@@ -238,8 +311,11 @@ class Baseline:
         return list(self.weights.experts)
 
 
-def dev_average(resident: ResidentSoup, weights: SoupWeights, suite: SuiteSpec) -> float:
-    tasks, _ = resident.score_tasks(weights, "dev")
+def dev_average(
+    resident: ResidentSoup, weights: SoupWeights, suite: SuiteSpec, part: DevPart | None = None
+) -> float:
+    """The soup's dev average (on `part` of dev, if given)."""
+    tasks, _ = resident.score_tasks(weights, "dev", part=part)
     return SuiteScores.aggregate(suite, "dev", candidate="soup", evaluator="soup", tasks=tasks).average
 
 
@@ -251,31 +327,153 @@ def baselines_step(
     *,
     stages: Stages | None = None,
 ) -> dict[str, Baseline]:
-    """Best single (by dev), uniform soups of all candidates and of the experts, greedy soup; dev only."""
+    """Best single, uniform soups of all candidates and of the ingredients, greedy soup: built and
+    scored on `dev`, the search part of dev (`dev_average` of each baseline is on that part)."""
     stages = stages or Stages(quiet=True)
     suite = inputs.suite
+    search_part, _ = dev_parts(inputs.recipe)
     avg = dict(zip(dev.candidates, dev.average, strict=True))
-    best = max(dev.candidates, key=lambda c: (avg[c], -dev.candidates.index(c)))
+    best = analysis.best_single
     experts = analysis.experts.candidates
     out = {"best_single": Baseline("best_single", f"best single ({best})", resident.single(best), avg[best])}
     with stages.stage("baselines", total=len(dev.candidates) + 1, unit="soup") as advance:
         all_w = resident.uniform(dev.candidates)
-        out["uniform"] = Baseline("uniform", "uniform soup (all)", all_w, dev_average(resident, all_w, suite))
+        out["uniform"] = Baseline(
+            "uniform", "uniform soup (all)", all_w, dev_average(resident, all_w, suite, search_part)
+        )
         advance(1)
         exp_w = resident.uniform(experts)
         out["uniform_experts"] = Baseline(
-            "uniform_experts", "uniform soup (experts)", exp_w, dev_average(resident, exp_w, suite)
+            "uniform_experts",
+            "uniform soup (ingredients)",
+            exp_w,
+            dev_average(resident, exp_w, suite, search_part),
         )
         advance(1)
 
         def soup_of(members: Sequence[str]) -> float:
-            value = dev_average(resident, resident.uniform(members), suite)
+            value = dev_average(resident, resident.uniform(members), suite, search_part)
             advance(1)
             return value
 
         g = greedy_soup(avg, soup_of, strict=inputs.recipe.greedy_strict)
         out["greedy"] = Baseline("greedy", "greedy soup", resident.uniform(g.members), g.objective, g)
     return out
+
+
+# --- select --------------------------------------------------------------------------------------
+SIMPLICITY = {"best_single": 0, "uniform": 1, "uniform_experts": 1, "greedy": 2}  # trials: 3
+
+
+@dataclass
+class Selected:
+    """The final choice: each contender's weights and averages, and the decision (optimizer.selection)."""
+
+    selection: Selection
+    weights: dict[str, SoupWeights]  # contender name -> its weights
+    labels: dict[str, str]
+    search_average: dict[str, float | None]  # on the search part (what the search and greedy saw)
+    fraction: float  # of dev examples in the selection part (0: the choice reused the search part)
+    trials: dict[str, int]  # contender name -> trial number
+
+    @property
+    def chosen_weights(self) -> SoupWeights:
+        return self.weights[self.selection.chosen]
+
+    @property
+    def soup_name(self) -> str | None:
+        """The soup to write: the chosen one, else the best soup on the selection part."""
+        return self.selection.chosen if self.selection.kind == "soup" else self.selection.best_soup
+
+
+def top_trials(search: SearchResult, count: int) -> list[TrialRecord]:
+    """The best `count` finished trials with distinct weights, best first (ties: the earlier trial)."""
+    done = [
+        t
+        for t in search.history
+        if t.state == "COMPLETE" and t.objective is not None and t.weights is not None
+    ]
+    done.sort(key=lambda t: (-(t.objective or 0.0), t.number))
+    out, seen = [], set()
+    for t in done:
+        key = t.weights.key()  # type: ignore[union-attr]
+        if key not in seen:
+            seen.add(key)
+            out.append(t)
+        if len(out) == count:
+            break
+    return out
+
+
+def suite_structure(suite: SuiteSpec) -> list[tuple[float, list[tuple[str, float]]]]:
+    return [(c.weight, [(t.name, t.weight) for t in c.tasks]) for c in suite.categories]
+
+
+def select_step(
+    inputs: RunInputs,
+    analysis: Analysis,
+    search: SearchResult,
+    baselines: Mapping[str, Baseline],
+    resident: ResidentSoup,
+    *,
+    stages: Stages | None = None,
+) -> Selected:
+    """Score the contenders on the selection part of dev and choose the final model there.
+
+    Contenders: the best single candidate, the best `selection_trials` trials, the greedy soup and
+    the uniform soups (a contender whose weights another simpler one already has is dropped).
+    """
+    stages = stages or Stages(quiet=True)
+    r = inputs.recipe
+    _, select_part = dev_parts(r)
+    weights: dict[str, SoupWeights] = {}
+    labels: dict[str, str] = {}
+    search_avg: dict[str, float | None] = {}
+    trials: dict[str, int] = {}
+    seen: dict[tuple, str] = {}
+
+    def add(name: str, label: str, w: SoupWeights, avg: float | None) -> None:
+        nonzero = tuple((e, round(x, 12)) for e, x in zip(w.experts, w.weights, strict=True) if x > 0)
+        key = (nonzero, tuple(sorted((g, tuple(v)) for g, v in (w.groups or {}).items())))
+        if key in seen:
+            log.info("contender %s has the weights of %s; compared once", name, seen[key])
+            return
+        seen[key] = name
+        weights[name], labels[name], search_avg[name] = w, label, avg
+
+    for name in ("best_single", "uniform", "uniform_experts", "greedy"):
+        if name in baselines:
+            b = baselines[name]
+            add(name, b.label, b.weights, b.dev_average)
+    for t in top_trials(search, r.selection_trials):
+        name = f"trial_{t.number}"
+        if t.weights is not None:
+            add(name, f"trial {t.number}", t.weights, t.objective)
+            if name in weights:
+                trials[name] = t.number
+    contenders = []
+    with stages.stage("select", total=len(weights), unit="model") as advance:
+        for name, w in weights.items():
+            tasks, _ = resident.score_tasks(w, "dev", samples=True, part=select_part)
+            samples = {}
+            for task in inputs.suite.tasks:
+                values = tasks[task.name].samples
+                if values is None:
+                    raise EvaluationError(
+                        f"task {task.name!r}: the evaluator gave no per-example scores for the selection"
+                    )
+                samples[task.name] = values
+            kind = "single" if name == "best_single" else "soup"
+            contenders.append(Contender(name, labels[name], kind, SIMPLICITY.get(name, 3), samples))
+            advance(1)
+    selection = select_final(
+        contenders,
+        suite_structure(inputs.suite),
+        level=r.confidence,
+        iterations=r.bootstrap_iterations,
+        seed=r.seed,
+    )
+    return Selected(selection, weights, labels, search_avg, r.selection_fraction, trials)
 
 
 # --- finalize ------------------------------------------------------------------------------------
@@ -412,21 +610,35 @@ def _matrix_dict(m: ScoreMatrix) -> tuple[dict, dict]:
     return scores, dict(zip(m.candidates, m.average, strict=True))
 
 
+def verdict_line(decision: Mapping[str, Any]) -> str:
+    """The one line that opens every output: use the soup (and by how much on test), or keep one candidate."""
+    if decision["kind"] == "soup":
+        iv = decision["vs_best_single"]
+        return (
+            f"use the soup: {100 * iv['diff']:+.1f} [{100 * iv['low']:+.1f}, {100 * iv['high']:+.1f}] "
+            f"over {decision['best_single']} on test"
+        )
+    where = "the selection split" if decision.get("selection_fraction") else "dev (no selection split)"
+    return f"keep {decision['name']}: no soup beat it on {where}"
+
+
 def finalize_step(
     inputs: RunInputs,
-    dev: ScoreMatrix,
-    test: ScoreMatrix,
+    matrices: Matrices,
     analysis: Analysis,
     search: SearchResult,
     baselines: Mapping[str, Baseline],
+    selected: Selected,
     resident: ResidentSoup,
     *,
     stages: Stages | None = None,
     seconds: Mapping[str, float] | None = None,
     extra_baselines: Mapping[str, Path] | None = None,
 ) -> RunResult:
-    """Write the soup, score it and every baseline on test, intervals, and report.json / report.html.
+    """Write the soup, score the contenders and baselines on test, intervals, and the report.
 
+    The soup written is the chosen one, or (when the best single candidate is kept) the best soup on
+    the selection part, for inspection: its model card says it is not recommended.
     extra_baselines: name -> model folder (a schedule's champion soup) scored on test beside the soup,
     with a paired interval; one that is missing or cannot be scored is reported, never fatal.
     """
@@ -436,19 +648,22 @@ def finalize_step(
     stages = stages or Stages(quiet=True)
     r, suite = inputs.recipe, inputs.suite
     out = Path(r.output).expanduser().resolve()
-    best = search.best
-    if best.weights is None:
-        raise SearchError(f"study {search.study_name}: the best trial has no weights")
-    weights = best.weights
+    sel = selected.selection
+    soup_name = selected.soup_name
+    if soup_name is None:
+        raise SearchError(f"study {search.study_name}: no soup was compared on the selection part")
+    weights = selected.weights[soup_name]
     extra_baselines = dict(extra_baselines or {})
-    total = len(baselines) + len(extra_baselines) + 2
+    names = list(dict.fromkeys([*baselines, *selected.weights]))
+    total = len(names) + len(extra_baselines) + 1
     with stages.stage("test", total=total, unit="model") as advance:
-        soup_test = test_scores(resident, weights, suite, "soce")
-        advance(1)
-        base_test = {}
-        for name, b in baselines.items():
-            base_test[name] = test_scores(resident, b.weights, suite, name)
+        scored: dict[str, Evaluated] = {}
+        for name in names:
+            w = baselines[name].weights if name in baselines else selected.weights[name]
+            scored[name] = test_scores(resident, w, suite, name)
             advance(1)
+        soup_test = scored[soup_name]
+        base_test = {name: scored[name] for name in baselines}
         extras = []
         for name, folder in extra_baselines.items():
             extras.append(extra_test_scores(inputs, name, Path(folder)))
@@ -466,13 +681,36 @@ def finalize_step(
                     soup_test, extra.scored, suite, iterations=its, level=level, seed=r.seed
                 )
         own = own_interval(soup_test, suite, iterations=its, level=level, seed=r.seed)
+        best = analysis.best_single
+        recommended = sel.kind == "soup"
+        decision: dict[str, Any] = {
+            "kind": sel.kind,
+            "name": r.name if recommended else best,
+            "source": selected.labels[sel.chosen],
+            "model": str(out / "soup") if recommended else str(inputs.paths[best]),
+            "test_average": scored[sel.chosen].scores.average,
+            "vs_best_single": (
+                ci["vs_best_single"].as_dict()
+                if recommended
+                else {"diff": 0.0, "low": 0.0, "high": 0.0, "level": level, "iterations": its}
+            ),
+            "best_single": best,
+            "reason": sel.reason,
+            "selection_fraction": selected.fraction,
+        }
+        verdict = verdict_line(decision)
+        select_result = sel.result(soup_name)
         soup_scores = {
-            "dev average": best.objective,
+            "dev average (search part)": selected.search_average.get(soup_name) or float("nan"),
+            "selection part average": select_result.average,
             "test": {**soup_test.categories, "average": soup_test.scores.average},
         }
+        card_verdict = verdict if recommended else f"{verdict}; this soup is written for inspection only"
         soup_dir = out / "soup"
         recipe = merge_recipe(inputs.paths, weights, groups=r.layer_groups, name=r.name, dtype=r.dtype)
-        soup = write_soup(recipe, soup_dir, force=True, scores=soup_scores)
+        soup = write_soup(
+            recipe, soup_dir, force=True, scores=soup_scores, verdict=(recommended, card_verdict)
+        )
         # the written folder, loaded from disk, must score what the resident soup scored
         from_disk = inputs.evaluator.score_tasks(soup_dir, suite, "test", suite.tasks)
         disk_avg = SuiteScores.aggregate(
@@ -480,31 +718,50 @@ def finalize_step(
         ).average
         advance(1)
     warnings = [*analysis.correlation.warnings, *analysis.experts.warnings]
+    if not selected.fraction:
+        warnings.append(
+            "selection_fraction is 0: the final model was chosen on the examples the search maximised, "
+            "which favours the soup (the winner's curse); keep a selection part to choose fairly"
+        )
     warnings += [f"extra baseline {e.name} ({e.path}) was not scored: {e.error}" for e in extras if e.error]
     if abs(disk_avg - soup_test.scores.average) > 1e-6:
         warnings.append(
             f"the written soup scores {disk_avg:.4f} on test from disk, the resident one "
             f"{soup_test.scores.average:.4f} (dtype {soup.dtype})"
         )
-    dev_s, dev_avg = _matrix_dict(dev)
-    test_s, test_avg = _matrix_dict(test)
+    dev_s, dev_avg = _matrix_dict(matrices.dev)
+    test_s, test_avg = _matrix_dict(matrices.test)
+    parts: dict[str, Any] = {}
+    if matrices.select is not None:
+        search_s, search_a = _matrix_dict(matrices.search)
+        select_s, select_a = _matrix_dict(matrices.select)
+        parts = {
+            "search_scores": search_s,
+            "search_average": search_a,
+            "select_scores": select_s,
+            "select_average": select_a,
+        }
     report: dict[str, Any] = {
+        "verdict": verdict,
+        "decision": decision,
         "name": r.name,
         "suite": suite.name,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "soce_version": _version(),
         "recipe": r.model_dump(),
-        "candidates": dev.candidates,
+        "candidates": matrices.dev.candidates,
         "candidate_paths": {k: str(v) for k, v in inputs.paths.items()},
-        "categories": dev.categories,
+        "categories": matrices.dev.categories,
         "dev_scores": dev_s,
         "dev_average": dev_avg,
+        "dev_parts": parts,
         "test_scores": test_s,
         "test_average": test_avg,
         "correlation": analysis.correlation.as_dict(),
         "experts": [c.as_dict() for c in analysis.experts.choices],
         "expert_candidates": list(analysis.experts.candidates),
         "experts_fallback": analysis.experts.fallback,
+        "best_single": best,
         **weights.as_dict(),
         "search": {
             "study": search.study_name,
@@ -512,9 +769,23 @@ def finalize_step(
             "space": search.space,
             "n_trials": search.n_trials,
             "evaluations": search.evaluations,
-            "best_dev_objective": best.objective,
-            "best_trial": best.number,
+            "best_dev_objective": search.best.objective,
+            "best_trial": search.best.number,
             "history": search.history_dicts(),
+        },
+        "selection": {
+            **sel.as_dict(),
+            "fraction": selected.fraction,
+            "contenders": [
+                {
+                    **res.as_dict(),
+                    "search_average": selected.search_average.get(res.name),
+                    "test_average": scored[res.name].scores.average,
+                    "trial": selected.trials.get(res.name),
+                    **selected.weights[res.name].as_dict(),
+                }
+                for res in sel.results
+            ],
         },
         "baselines": {
             name: {
@@ -548,9 +819,13 @@ def finalize_step(
         "baselines_not_scored": {e.name: {"path": str(e.path), "error": e.error} for e in extras if e.error},
         "soup": {
             "path": str(soup_dir),
+            "source": soup_name,
+            "label": selected.labels[soup_name],
+            "recommended": recommended,
             "method": soup.method,
             "dtype": soup.dtype,
-            "dev_average": best.objective,
+            "dev_average": selected.search_average.get(soup_name),
+            "selection_average": select_result.average,
             "test": soup_test.categories,
             "test_average": soup_test.scores.average,
             "test_average_interval": [own.low, own.high],
@@ -563,8 +838,11 @@ def finalize_step(
     report_json, report_html = out / "report.json", out / "report.html"
     _write_atomic(report_json, json.dumps(report, indent=2, default=str) + "\n")
     _write_atomic(report_html, render_report_html(report))
-    _write_atomic(out / "scores-dev.csv", dev.to_csv())
-    _write_atomic(out / "scores-test.csv", test.to_csv())
+    _write_atomic(out / "scores-dev.csv", matrices.dev.to_csv())
+    _write_atomic(out / "scores-test.csv", matrices.test.to_csv())
+    if matrices.select is not None:
+        _write_atomic(out / "scores-dev-search.csv", matrices.search.to_csv())
+        _write_atomic(out / "scores-dev-select.csv", matrices.select.to_csv())
     return RunResult(out, soup_dir, report_json, report_html, report, dict(seconds or {}))
 
 
@@ -586,15 +864,14 @@ def run_local(
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     inputs = open_run(recipe)
-    dev = score_step(inputs, "dev", engine=engine, stages=stages)
-    test = score_step(inputs, "test", engine=engine, stages=stages)
+    matrices = score_all(inputs, engine=engine, stages=stages)
     seconds["score"] = time.perf_counter() - t0
     t = time.perf_counter()
-    analysis = analyse_step(dev, recipe)
+    analysis = analyse_step(matrices.search, recipe)
     for w in [*analysis.correlation.warnings, *analysis.experts.warnings]:
         stages.note(f"warning: {w}")
     stages.note(
-        f"experts: {', '.join(analysis.experts.candidates)}"
+        f"ingredients: {', '.join(analysis.experts.candidates)}"
         + (
             f" (weakly correlated: {', '.join(analysis.correlation.weak)})"
             if analysis.correlation.weak
@@ -607,11 +884,14 @@ def run_local(
     search = search_step(inputs, analysis, resident, storage=storage, stages=stages)
     seconds["search"] = time.perf_counter() - t
     t = time.perf_counter()
-    baselines = baselines_step(inputs, dev, analysis, resident, stages=stages)
+    baselines = baselines_step(inputs, matrices.search, analysis, resident, stages=stages)
     seconds["baselines"] = time.perf_counter() - t
     t = time.perf_counter()
+    selected = select_step(inputs, analysis, search, baselines, resident, stages=stages)
+    seconds["select"] = time.perf_counter() - t
+    t = time.perf_counter()
     result = finalize_step(
-        inputs, dev, test, analysis, search, baselines, resident, stages=stages, seconds=seconds
+        inputs, matrices, analysis, search, baselines, selected, resident, stages=stages, seconds=seconds
     )
     seconds["finalize"] = time.perf_counter() - t
     seconds["total"] = time.perf_counter() - t0

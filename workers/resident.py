@@ -23,7 +23,7 @@ from soce.merging.in_memory import load_experts, merge_into
 from soce.merging.layerwise import tensor_group
 from soce.schemas.merge import MergeRecipe
 from soce.schemas.scores import TaskScore, weighted_mean
-from soce.schemas.suite import Split, SuiteSpec
+from soce.schemas.suite import DevPart, Split, SuiteSpec
 
 
 def layer_groups(tensor_names: Sequence[str], num_layers: int, groups: int) -> tuple[str, ...]:
@@ -136,14 +136,18 @@ class ResidentSoup:
         categories: Sequence[str] | None = None,
         *,
         samples: bool = False,
+        part: DevPart | None = None,
     ) -> tuple[dict[str, TaskScore], dict[str, float]]:
-        """Task scores of the soup on `split` (only the tasks of `categories`), and the seconds by part."""
+        """Task scores of the soup on `split` (only the tasks of `categories`; only the examples of
+        `part` of dev, if given), and the seconds by part."""
         with self._lock:
             merge_s = self.load(weights)
             wanted = set(categories) if categories is not None else None
             specs = [t for c in self.suite.categories if wanted is None or c.name in wanted for t in c.tasks]
             started = time.perf_counter()
-            kwargs = {"samples": True} if samples else {}
+            kwargs: dict[str, Any] = {"samples": True} if samples else {}
+            if part is not None:
+                kwargs["part"] = part
             tasks = self.evaluator.evaluate_model(
                 self.model, self.tokenizer, self.suite, split, tasks=specs, **kwargs
             )
@@ -157,9 +161,11 @@ class ResidentSoup:
                 out[c.name] = value
         return out
 
-    def __call__(self, weights: SoupWeights, categories: Sequence[str]) -> Scored:
-        """The optimizer's evaluation callable: dev category scores of a soup."""
-        tasks, timings = self.score_tasks(weights, "dev", categories)
+    def __call__(
+        self, weights: SoupWeights, categories: Sequence[str], *, part: DevPart | None = None
+    ) -> Scored:
+        """The optimizer's evaluation callable: dev category scores of a soup (on `part` of dev)."""
+        tasks, timings = self.score_tasks(weights, "dev", categories, part=part)
         return Scored(self.category_scores(tasks, categories), timings)
 
     def single(self, label: str) -> SoupWeights:

@@ -264,9 +264,19 @@ def gate(soup: Soup, champion: Soup | None, policy: dict[str, Any]) -> tuple[boo
     The interval is the job's paired bootstrap one (both soups scored on the same test examples) when
     the job scored the champion; otherwise both soups' own intervals combined as independent (half-widths
     in quadrature), and the details say why. The first run of a schedule has no champion and is promoted.
+    A soup is never promoted unless its job decided to use it (`decision.kind` is `soup`): when the
+    job kept a single candidate, the soup was written for inspection only.
     """
     metric = policy.get("metric", "test_average")
     value, half = _metric(soup, metric)
+    decision = (soup.scores or {}).get("decision") or {}
+    if decision.get("kind") != "soup":
+        why = (
+            f"the job kept the single candidate {decision.get('name')}: {decision.get('reason')}"
+            if decision.get("kind") == "single"
+            else "the job recorded no decision to use the soup"
+        )
+        return False, {"metric": metric, "soup": value, "decision": decision.get("kind"), "refused": why}
     if champion is None:
         return True, {"metric": metric, "soup": value, "champion": None}
     minimum = float(policy.get("min_improvement", 0.0))

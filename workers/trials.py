@@ -73,8 +73,8 @@ def open_search(ctx: Context, inputs: RunInputs, resident: ResidentSoup) -> tupl
     """The job's experts and its study (created, or continued if stored); the study's name on the job."""
     from workers.pipeline import analyse_step, optuna_storage, weight_search
 
-    dev, _ = ctx.matrices()
-    analysis = analyse_step(dev, ctx.spec.recipe)  # deterministic: the experts of the analyse step
+    # deterministic: the ingredients of the analyse step
+    analysis = analyse_step(ctx.matrices().search, ctx.spec.recipe)
     search = weight_search(inputs, analysis, resident, storage=optuna_storage(ctx.settings))
     name = search.study.study_name
     with session_scope(ctx.engine) as session:

@@ -28,11 +28,17 @@ def model_card(
     groups: Mapping[str, Sequence[float]] | None = None,
     scores: Mapping[str, Mapping[str, float] | float] | None = None,
     mergekit: bool = True,
+    verdict: str | None = None,
+    recommended: bool | None = None,
 ) -> str:
+    """The card; `verdict` (with `recommended`) opens it: whether to use this soup at all."""
     front: dict[str, object] = {"library_name": "transformers", "tags": ["merge", "model-soup", "soce"]}
     if base_model_id:
         front["base_model"] = base_model_id
     lines = ["---", yaml.safe_dump(front, sort_keys=False).strip(), "---", "", f"# {name}", ""]
+    if verdict:
+        head = {True: "Recommended", False: "Not recommended", None: "Verdict"}[recommended]
+        lines += [f"> **{head}:** {verdict}", ""]
     lines.append(
         f"A model soup of {len(ingredients)} checkpoint(s), merged with SoCE using the `{method}` method "
         f"({summary}), written as {dtype}."

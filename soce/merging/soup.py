@@ -109,8 +109,12 @@ def write_soup(
     progress: ProgressFactory | None = None,
     digest_cache: DigestCache | None = None,
     check_finite: bool = False,
+    verdict: tuple[bool, str] | None = None,
 ) -> Soup:
-    """Merge and write a complete model folder at `out`; nothing is left behind on failure."""
+    """Merge and write a complete model folder at `out`; nothing is left behind on failure.
+
+    verdict: (recommended, the verdict line) opens the model card: whether to use this soup at all.
+    """
     started = time.perf_counter()
     out = Path(out).expanduser().resolve()
     if out.exists() and not force:
@@ -138,6 +142,7 @@ def write_soup(
                 digest_cache or default_digest_cache(),
                 check_finite,
                 settings,
+                verdict,
             )
             _replace(tmp, out)
         except BaseException:
@@ -177,6 +182,7 @@ def _write(
     cache: DigestCache,
     check_finite: bool,
     settings: Any,
+    verdict: tuple[bool, str] | None = None,
 ) -> Soup:
     recipe, method = prepared.recipe, prepared.method
     engine = StreamingMerge(
@@ -238,6 +244,8 @@ def _write(
         parameters=recipe.parameters,
         groups=method.group_table() if isinstance(method, Layerwise) else None,
         scores=scores,
+        verdict=verdict[1] if verdict else None,
+        recommended=verdict[0] if verdict else None,
         mergekit=mk is not None,
     )
     (tmp / "README.md").write_text(card)

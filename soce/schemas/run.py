@@ -38,6 +38,22 @@ class RunRecipe(BaseModel):
     layer_groups: int = Field(2, ge=1, description="depth buckets of blocks for the layerwise space")
     pruning: bool = Field(False, description="score categories one at a time and stop hopeless trials")
     greedy_strict: bool = Field(False, description="greedy soup keeps a candidate only on a strict dev gain")
+    include_best_single: bool = Field(
+        True,
+        description="the best single candidate by dev average joins the experts as an ingredient "
+        "(false: the paper's experts-only pool)",
+    )
+    selection_fraction: float = Field(
+        0.5,
+        ge=0,
+        le=0.9,
+        description="share of each task's dev examples (chosen by a hash of the example) kept out of the "
+        "search to choose the final model on; 0: choose on the examples the search maximised (the "
+        "paper's way, biased towards the soup)",
+    )
+    selection_trials: int = Field(
+        3, ge=1, le=20, description="the best trials compared on the selection part"
+    )
     seed: int = 0
     bootstrap_iterations: int = Field(2000, ge=100)
     confidence: float = Field(0.95, gt=0, lt=1)

@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from soce.errors import EvaluationError
-from soce.schemas.suite import Split, SuiteSpec
+from soce.schemas.suite import PartName, Split, SuiteSpec
 
 
 class TaskScore(BaseModel):
@@ -64,6 +64,11 @@ class SuiteScores(BaseModel):
     candidate: str
     suite: str
     split: Split
+    part: PartName | None = Field(
+        None,
+        description="the part of dev scored (search or select), if not all of it",
+        exclude_if=lambda v: v is None,
+    )
     evaluator: str
     tasks: dict[str, TaskScore] = Field(default_factory=dict)
     categories: dict[str, CategoryScore]
@@ -80,6 +85,7 @@ class SuiteScores(BaseModel):
         evaluator: str,
         tasks: Mapping[str, TaskScore],
         categories: Mapping[str, CategoryScore] | None = None,
+        part: PartName | None = None,
     ) -> SuiteScores:
         """Category scores from `tasks` (unless given in `categories`), then the overall average."""
         cats: dict[str, CategoryScore] = {}
@@ -102,6 +108,7 @@ class SuiteScores(BaseModel):
             candidate=candidate,
             suite=suite.name,
             split=split,
+            part=part,
             evaluator=evaluator,
             tasks=dict(tasks),
             categories=cats,
@@ -121,6 +128,11 @@ class ScoreMatrix(BaseModel):
 
     suite: str
     split: Split
+    part: PartName | None = Field(
+        None,
+        description="the part of dev scored (search or select), if not all of it",
+        exclude_if=lambda v: v is None,
+    )
     evaluator: str
     candidates: list[str]
     categories: list[str]
@@ -139,6 +151,7 @@ class ScoreMatrix(BaseModel):
         return cls(
             suite=first.suite,
             split=first.split,
+            part=first.part,
             evaluator=first.evaluator,
             candidates=[s.candidate for s in scores],
             categories=cats,

@@ -14,6 +14,44 @@ from soce.errors import SuiteError
 from soce.schemas.merge import pydantic_error_message
 
 Split = Literal["dev", "test"]
+PartName = Literal["search", "select"]
+
+
+def example_position(example: object) -> float:
+    """Where an example falls in [0, 1): a hash of its content, so the same example always lands there.
+
+    It depends on the example alone (not on its row number or on the other examples), so a rerun, a
+    reordered file or added examples keep every example in its part.
+    """
+    digest = hashlib.sha256(
+        json.dumps(example, sort_keys=True, separators=(",", ":"), default=str).encode()
+    ).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+class DevPart(BaseModel):
+    """One part of the dev split's examples: `select` holds those whose position is below `fraction`.
+
+    The search maximises on the `search` part; the final model is chosen on the `select` part, which
+    nothing before that choice has seen.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: PartName
+    fraction: float = Field(gt=0, lt=1, description="share of each task's dev examples in the select part")
+
+    def holds(self, example: object) -> bool:
+        inside = example_position(example) < self.fraction
+        return inside if self.name == "select" else not inside
+
+    @property
+    def key(self) -> str:
+        return f"{self.name}@{self.fraction:g}"
+
+    @property
+    def label(self) -> str:
+        return f"dev {self.name} part"
 
 
 class TaskSpec(BaseModel):

@@ -62,14 +62,27 @@ def _runs(engine: Engine) -> list[tuple[str, int | None, dict, str | None]]:
         return [(r.outcome, r.job_id, dict(r.details), r.error) for r in rows]
 
 
+USE_SOUP = {"kind": "soup", "name": "nightly"}  # the job's decision: use the soup it wrote
+KEEP = {"kind": "single", "name": "cand-1", "reason": "no soup beat it on the selection split"}
+
+
 def _finish(
-    engine: Engine, job_id: int, value: float, half: float = 0.0, vs_champion: dict | None = None
+    engine: Engine,
+    job_id: int,
+    value: float,
+    half: float = 0.0,
+    vs_champion: dict | None = None,
+    decision: dict = USE_SOUP,
 ) -> None:
     with session_scope(engine) as session:
         job = session.get(Job, job_id)
         assert job is not None
         job.state = "done"
-        scores = {"test_average": value, "test_average_interval": [value - half, value + half]}
+        scores = {
+            "test_average": value,
+            "test_average_interval": [value - half, value + half],
+            "decision": decision,
+        }
         if vs_champion is not None:  # what the job's finalize stores when it scored the champion
             scores["vs_champion"] = vs_champion
         session.add(Soup(job_id=job_id, path=f"/soups/{job_id}", weights={}, scores=scores))
@@ -217,8 +230,12 @@ def test_gate_judges_on_the_paired_interval_the_job_stored(engine: Engine, tmp_p
 
 
 def _soups(vs: dict | None, *, soup_half: float = 0.05) -> tuple[Soup, Soup]:
-    champion = Soup(id=7, path="/soups/7", weights={}, scores={"test_average": 0.50})
-    scores: dict = {"test_average": 0.56, "test_average_interval": [0.56 - soup_half, 0.56 + soup_half]}
+    champion = Soup(id=7, path="/soups/7", weights={}, scores={"test_average": 0.50, "decision": USE_SOUP})
+    scores: dict = {
+        "test_average": 0.56,
+        "test_average_interval": [0.56 - soup_half, 0.56 + soup_half],
+        "decision": USE_SOUP,
+    }
     if vs is not None:
         scores["vs_champion"] = vs
     return Soup(id=8, path="/soups/8", weights={}, scores=scores), champion
@@ -269,8 +286,32 @@ def test_gate_falls_back_to_independent_intervals_and_says_why(
     assert details["interval"][0] == pytest.approx(low) and promote is (low > 0.02)
 
 
+def test_gate_refuses_a_job_that_kept_a_single_candidate(engine: Engine, tmp_path: Path) -> None:
+    paired = {"difference": 0.06, "interval": [0.03, 0.09], "level": 0.95, "soup_id": 7, "test_average": 0.5}
+    soup, champion = _soups(paired)
+    soup.scores["decision"] = KEEP
+    promote, details = gate(soup, champion, {"min_improvement": 0.0})
+    assert not promote and details["decision"] == "single"
+    assert details["refused"] == "the job kept the single candidate cand-1: no soup beat it on the selection split"
+    assert not gate(soup, None, {})[0]  # not even as a schedule's first champion
+    soup.scores.pop("decision")
+    promote, details = gate(soup, champion, {})
+    assert not promote and details["refused"] == "the job recorded no decision to use the soup"
+    # through a run: the first job keeps a candidate, so the schedule gets no champion
+    schedule_id = _schedule(engine)
+    [job_id] = tick(engine, NOW, send=lambda *_: None)
+    _finish(engine, job_id, 0.9, decision=KEEP)
+    tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=lambda *_: None)
+    assert [r[0] for r in _runs(engine)] == ["not_better"]
+    assert _runs(engine)[0][2]["gate"]["decision"] == "single"
+    with session_scope(engine) as session:
+        schedule = session.get(Schedule, schedule_id)
+        assert schedule is not None and schedule.champion_soup_id is None
+    assert not (tmp_path / "champions" / "nightly.json").exists()
+
+
 def test_gate_without_interval_compares_values() -> None:
-    soup = Soup(path="/a", weights={}, scores={"test_average": 0.6})
+    soup = Soup(path="/a", weights={}, scores={"test_average": 0.6, "decision": USE_SOUP})
     champion = Soup(path="/b", weights={}, scores={"test_average": 0.5})
     assert gate(soup, champion, {"min_improvement": 0.05})[0]
     assert not gate(soup, champion, {"min_improvement": 0.2})[0]
