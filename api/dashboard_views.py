@@ -187,6 +187,9 @@ def job_report(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, A
         "warnings": analysis.get("warnings") or [],
         "search": {**(analysis.get("search") or {}), "history": []},
     }
+    for key in ("verdict", "decision", "selection"):  # the finalize step's, before report.json is read
+        if analysis.get(key):
+            report[key] = analysis[key]
     if soup is not None:
         weights = soup.weights or {}  # SoupWeights.as_dict(): {"weights": {expert: w}, "layer_weights"}
         report["weights"] = weights.get("weights") or {}
@@ -211,6 +214,7 @@ def job_sections(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str,
         "experts": charts._experts_section(report),
         "search": charts._search_section(report),
         "weights": charts._weights_section(report),
+        "selection": charts._selection_section(report),
         "baselines": charts._baselines_section(report, categories),
     }
 

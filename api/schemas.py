@@ -12,6 +12,7 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -210,6 +211,16 @@ class SoupBrief(BaseModel):
 
 
 class JobDetail(JobPublic):
+    verdict: str | None = Field(
+        None,
+        description="the outcome in one line: use the soup (its gain over the best single candidate on "
+        "test), or keep the named candidate; null until the job is done",
+    )
+    decision: dict[str, Any] | None = Field(
+        None,
+        description="kind (soup or single), name, model (the folder to use), test_average, "
+        "vs_best_single {diff, low, high}, reason",
+    )
     recipe: dict[str, Any]
     suite: SuiteBrief
     candidates: list[CandidateBrief]
@@ -221,6 +232,11 @@ class JobDetail(JobPublic):
     experts: Any = Field(None, description="the category experts chosen (from analysis)")
     best_trial: dict[str, Any] | None = None
     soup: SoupBrief | None = None
+
+    @model_serializer(mode="wrap")
+    def _verdict_first(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {"verdict": data.pop("verdict", None), **data}
 
 
 # --- trials, soups, health -------------------------------------------------------------------

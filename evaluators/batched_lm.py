@@ -649,8 +649,8 @@ class BatchedLM(LM):
                 input_ids=token[:, None],
                 attention_mask=batch.mask[:, : at + 1],
                 position_ids=batch.positions[:, at : at + 1],
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **_cache_of(out),
             )
         rest = [r for r in range(B) if texts[r] is None]
         for r, text in zip(rest, self.encoder.decode_many([tokens[r] for r in rest]), strict=True):
@@ -673,3 +673,12 @@ class BatchedLM(LM):
             **group.kwargs,
         )
         return self.encoder.decode_many(out[:, T:].tolist())
+
+
+def _cache_of(out: Any) -> dict[str, Any]:
+    """The key-value cache of a forward pass, as the next call takes it: `cache` (transformers 5.25 on)
+    or `past_key_values` (earlier releases, and later ones with a deprecation warning)."""
+    cache = getattr(out, "cache", None)
+    if cache is not None:
+        return {"cache": cache}
+    return {"past_key_values": out.past_key_values}

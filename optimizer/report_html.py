@@ -49,6 +49,9 @@ svg.chart text.title { font-size: 13px; font-weight: 600; }
 svg.chart text.weak { font-weight: 700; fill: #b2182b; }
 .note { color: #555; } .explanation { background: #f7f7f7; padding: .5rem .8rem; white-space: pre-wrap; }
 .warnings li { color: #8a4b00; } .sig { color: #006d2c; font-weight: 600; }
+.verdict { font-size: 1.2rem; font-weight: 600; padding: .6rem .9rem; margin: .4rem 0 .8rem; }
+.verdict-soup { background: #e7f4ea; border-left: 4px solid #006d2c; }
+.verdict-single { background: #eef3fa; border-left: 4px solid #0072B2; }
 code { background: #f2f2f2; padding: 0 .25rem; word-break: break-all; }
 """
 
@@ -65,6 +68,7 @@ def render_report_html(report: Mapping[str, Any]) -> str:
         _experts_section(report),
         _search_section(report),
         _weights_section(report),
+        _selection_section(report),
         _baselines_section(report, categories),
         _warnings_section(report),
     ]
@@ -106,14 +110,87 @@ def _header_section(report: Mapping[str, Any], suite: str) -> str:
             ("experts", "Experts"),
             ("search", "Search"),
             ("weights", "Weights"),
+            *([("selection", "Final choice")] if _mapping(report.get("selection")) else []),
             ("baselines", "Soup vs baselines"),
             *([("warnings", "Warnings")] if _list(report.get("warnings")) else []),
         )
     )
     return (
-        f'<header>\n<h1>SoCE report: {_e(suite)}</h1>\n<p class="meta">{meta_html}</p>\n{where}\n'
+        f"<header>\n<h1>SoCE report: {_e(suite)}</h1>\n{verdict_html(report)}\n"
+        f'<p class="meta">{meta_html}</p>\n{where}\n'
         f'<p class="headline">{_headline(report)}</p>\n<nav>{nav}</nav>\n</header>'
     )
+
+
+def verdict_html(report: Mapping[str, Any]) -> str:
+    """The verdict that opens the page: use the soup, or keep the named candidate (empty if none yet)."""
+    verdict = _text(report.get("verdict"))
+    if not verdict:
+        return ""
+    decision = _mapping(report.get("decision"))
+    kind = "soup" if decision.get("kind") == "soup" else "single"
+    model = _text(decision.get("model"))
+    where = f"<br><small>model: <code>{_e(model)}</code></small>" if model else ""
+    return f'<p class="verdict verdict-{kind}" id="verdict">{_e(verdict)}{where}</p>'
+
+
+def _selection_section(report: Mapping[str, Any]) -> str:
+    """Every contender for the final model on the search and selection parts of dev, and on test."""
+    selection = _mapping(report.get("selection"))
+    contenders = _list(selection.get("contenders"))
+    if not contenders:
+        return ""
+    fraction = _num(selection.get("fraction"))
+    level = _num(selection.get("level"))
+    pct = f"{level * 100:g}%" if level is not None else "95%"
+    out = ['<section id="selection">\n<h2>Final choice</h2>']
+    part = (
+        f"{fraction * 100:g}% of each task's dev examples, chosen by a hash of the example, were kept out "
+        "of the search and of the greedy soup"
+        if fraction
+        else "no dev examples were kept out of the search: the choice reused the examples it maximised"
+    )
+    out.append(
+        f'<p class="note">{_e(part)}. A soup is chosen only if its gain over the best single candidate on '
+        f"the selection part has a lower bound above zero ({_e(pct)}, simultaneous over the soups "
+        "compared); test scores are reported, never used to choose.</p>"
+    )
+    out.append(f'<p class="explanation">{_e(_text(selection.get("reason")))}</p>')
+    chosen = _text(selection.get("chosen"))
+    rows = []
+    for c in contenders:
+        c = _mapping(c)
+        name = _text(c.get("name"))
+        label = _text(c.get("label")) or name
+        mark = " (chosen)" if name == chosen else ""
+        passed = "yes" if c.get("passed") else ("reference" if c.get("kind") == "single" else "no")
+        rows.append(
+            [
+                f"{_e(label)}{_e(mark)}",
+                _num_cell(c.get("search_average")),
+                _num_cell(c.get("average"), best=name == chosen),
+                _num_cell(c.get("diff"), signed=True),
+                _num_cell(c.get("low"), signed=True),
+                _e(passed),
+                _num_cell(c.get("test_average")),
+            ]
+        )
+    out.append(
+        _table_html(
+            [
+                "contender",
+                "dev search part",
+                "dev selection part",
+                "vs best single",
+                "lower bound",
+                "passes",
+                "test (reported)",
+            ],
+            rows,
+        )
+    )
+    out.append("</section>")
+    return "\n".join(out)
 
 
 def _headline(report: Mapping[str, Any]) -> str:

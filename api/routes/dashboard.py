@@ -114,6 +114,8 @@ def _job_context(job: Job, soup: Soup | None, optuna: Any, settings: Any) -> dic
         "has_card": soup is not None and (Path(soup.path) / "README.md").is_file(),
         "optuna_link": optuna_link,
         "sections": sections,
+        "verdict": (job.analysis or {}).get("verdict"),
+        "decision": (job.analysis or {}).get("decision") or {},
     }
 
 

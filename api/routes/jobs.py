@@ -194,6 +194,8 @@ def get_job(job_id: int, request: Request) -> Response:
             log.warning("job %d: best trial unavailable: %s", job_id, e)
     detail = JobDetail(
         **fields,
+        verdict=(analysis or {}).get("verdict"),
+        decision=(analysis or {}).get("decision"),
         score_matrix=_from_analysis(analysis or {}, "score_matrix", "scores", "dev_scores"),
         correlations=_from_analysis(analysis or {}, "correlations", "correlation"),
         experts=_from_analysis(analysis or {}, "experts"),

@@ -102,3 +102,32 @@ print(json.dumps({{"cached": got.cached_tasks, "heavy": heavy, "first": times[0]
     assert report["cached"] == len(zoo.suite.tasks)
     assert report["heavy"] == []
     assert report["warm"] < 0.25  # about 10 ms on an idle machine; generous for a busy CI box
+
+
+def test_parts_of_dev_are_scored_and_cached_apart(zoo: Zoo, engine: Engine, monkeypatch) -> None:
+    """The search and selection parts split each task's dev examples; each part has its own cache rows."""
+    from soce.errors import EvaluationError
+    from soce.schemas.suite import DevPart
+
+    evaluator = LmEvalEvaluator(batch_size=8)
+    search, select_ = DevPart(name="search", fraction=0.5), DevPart(name="select", fraction=0.5)
+    whole = score_checkpoint(evaluator, zoo.candidates[0], zoo.suite, "dev", engine=engine)
+    parts = [
+        score_checkpoint(evaluator, zoo.candidates[0], zoo.suite, "dev", engine=engine, part=p)
+        for p in (search, select_)
+    ]
+    assert [p.part for p in parts] == ["search", "select"] and whole.part is None
+    for name, score in whole.tasks.items():
+        a, b = (p.tasks[name] for p in parts)
+        assert a.n > 0 and b.n > 0 and a.n + b.n == score.n  # disjoint, and together all of dev
+        assert (a.value * a.n + b.value * b.n) / score.n == pytest.approx(score.value)  # mean metrics
+    with session_scope(engine) as session:
+        assert session.scalar(select(func.count()).select_from(Score)) == 3 * len(zoo.suite.tasks)
+    forbid_model_runs(monkeypatch)
+    again = score_checkpoint(evaluator, zoo.candidates[0], zoo.suite, "dev", engine=engine, part=select_)
+    assert again.cached_tasks == len(zoo.suite.tasks) and again.categories == parts[1].categories
+    monkeypatch.undo()
+    with pytest.raises(EvaluationError, match="falls in the dev select part"):
+        evaluator.score_tasks(
+            zoo.candidates[0], zoo.suite, "dev", zoo.suite.tasks, part=DevPart(name="select", fraction=1e-9)
+        )

@@ -17,6 +17,10 @@ from soce.merging import load_recipe
 runner = CliRunner()
 
 REPORT_KEYS = {
+    "verdict",
+    "decision",
+    "selection",
+    "dev_parts",
     "candidates",
     "categories",
     "dev_scores",
@@ -66,7 +70,12 @@ def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
     assert set(report["dev_scores"]) == set(cands) and set(report["dev_scores"][cands[0]]) == set(cats)
     assert set(report["correlation"]) >= {"pearson", "spearman", "tau"}
     experts = report["expert_candidates"]
-    assert set(report["weights"]) == set(experts) and sum(report["weights"].values()) == pytest.approx(1.0)
+    # the ingredients: the experts and the best single candidate by dev average on the search part
+    search_avg = report["dev_parts"]["search_average"]
+    best = max(search_avg, key=lambda c: (search_avg[c], -report["candidates"].index(c)))
+    assert report["best_single"] == best and best in experts
+    assert any(e["candidate"] == best and e["category"] is None for e in report["experts"])
+    assert sum(report["weights"].values()) == pytest.approx(1.0)
     search = report["search"]
     assert search["sampler"] == "tpe" and search["n_trials"] == 4 and 1 <= search["evaluations"] <= 4
     assert search["best_dev_objective"] == max(
@@ -74,7 +83,6 @@ def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
     )
     assert set(report["baselines"]) == {"best_single", "uniform", "uniform_experts", "greedy"}
     best_single = report["baselines"]["best_single"]
-    best = max(report["dev_average"], key=lambda c: report["dev_average"][c])
     assert best_single["members"] == [best]
     # a candidate souped alone is that candidate: its test scores equal its own cached test scores
     assert best_single["test_average"] == pytest.approx(report["test_average"][best])
@@ -87,15 +95,54 @@ def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
     soup_dir = Path(soup["path"])
     assert (soup_dir / "model.safetensors").is_file() or (soup_dir / "model.safetensors.index.json").is_file()
     written = load_recipe(soup_dir / "soce_recipe.yml")
-    assert [Path(c.path).name for c in written.candidates] == [Path(p).name for p in experts]
-    assert [c.weight for c in written.candidates] == pytest.approx([report["weights"][e] for e in experts])
+    members = list(report["weights"])
+    assert [Path(c.path).name for c in written.candidates] == [Path(p).name for p in members]
+    assert [c.weight for c in written.candidates] == pytest.approx([report["weights"][e] for e in members])
     html = (out / "report.html").read_text()
     assert html.count("<svg") >= 5 and "http://" not in html and "https://" not in html
     assert (out / "scores-dev.csv").read_text().startswith("candidate,")
-    # the final table: every candidate, the baselines and the soup with intervals
+    # the final table opens with the verdict: every candidate, the baselines and the soup with intervals
+    assert f"verdict: {report['verdict']}\n\ntest split (points)" in result.output
     for name in [*cands, "best single", "uniform soup (all)", "greedy soup", "SoCE soup", "vs best single"]:
         assert name in result.output
     assert str(soup_dir) in result.output
+
+
+def test_report_leads_with_a_decision(first_run):
+    recipe, result = first_run
+    assert result.exit_code == 0, result.output
+    out = recipe.parent / "out"
+    report = json.loads((out / "report.json").read_text())
+    assert list(report)[:2] == ["verdict", "decision"]
+    decision, selection, soup = report["decision"], report["selection"], report["soup"]
+    assert set(decision) >= {"kind", "name", "model", "test_average", "vs_best_single"}
+    assert set(decision["vs_best_single"]) >= {"diff", "low", "high"}
+    # every contender was scored on the selection part; the decision follows the lower bounds
+    contenders = {c["name"]: c for c in selection["contenders"]}
+    assert {"best_single", "uniform"} <= set(contenders) and any(n.startswith("trial_") for n in contenders)
+    passing = [c for c in contenders.values() if c["passed"]]
+    assert decision["kind"] == ("soup" if passing else "single")
+    for c in contenders.values():
+        assert c["passed"] == (c["kind"] == "soup" and c["low"] > 0)
+    if decision["kind"] == "single":
+        best = report["best_single"]
+        assert decision["name"] == best and Path(decision["model"]) == Path(report["candidate_paths"][best])
+        assert report["verdict"] == f"keep {best}: no soup beat it on the selection split"
+        assert decision["test_average"] == pytest.approx(report["test_average"][best])
+        assert soup["recommended"] is False
+    else:
+        iv = soup["intervals"]["vs_best_single"]
+        assert Path(decision["model"]) == Path(soup["path"]) and soup["recommended"] is True
+        assert decision["vs_best_single"]["diff"] == pytest.approx(iv["diff"])
+        assert report["verdict"].startswith("use the soup: ")
+        assert decision["test_average"] == pytest.approx(soup["test_average"])
+    # the soup folder is written either way; its model card opens with the verdict
+    card = (Path(soup["path"]) / "README.md").read_text()
+    head = "Recommended" if decision["kind"] == "soup" else "Not recommended"
+    assert f"> **{head}:** {report['verdict']}" in card
+    html = (out / "report.html").read_text()
+    assert html.index('id="verdict"') < html.index('id="scores"') and 'id="selection"' in html
+    assert (out / "scores-dev-search.csv").is_file() and (out / "scores-dev-select.csv").is_file()
 
 
 def test_rerun_reuses_cached_scores_and_the_stored_study(first_run):
