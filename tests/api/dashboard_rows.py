@@ -28,6 +28,44 @@ class Jobs:
     failed: int
 
 
+# what a finished job's finalize step stores: the verdict, the decision and the contenders compared
+DECIDED = {
+    "verdict": "use the soup: +5.3 [+1.0, +9.0] over math-ft on test",
+    "decision": {"kind": "soup", "name": "nightly-mini", "model": "/soups/job-1/soup", "test_average": 0.673},
+    "selection": {
+        "chosen": "trial_3",
+        "kind": "soup",
+        "fraction": 0.5,
+        "level": 0.95,
+        "reason": "trial 3 is ahead of best single (math-ft) on the selection part by +6.0 points",
+        "contenders": [
+            {
+                "name": "best_single",
+                "label": "best single (math-ft)",
+                "kind": "single",
+                "average": 0.6,
+                "diff": 0.0,
+                "low": 0.0,
+                "passed": False,
+                "search_average": 0.63,
+                "test_average": 0.62,
+            },
+            {
+                "name": "trial_3",
+                "label": "trial 3",
+                "kind": "soup",
+                "average": 0.66,
+                "diff": 0.06,
+                "low": 0.02,
+                "passed": True,
+                "search_average": 0.66,
+                "test_average": 0.673,
+            },
+        ],
+    },
+}
+
+
 def _matrix(split: str, values: list[list[float]]) -> dict:
     return {
         "suite": "mini",
@@ -101,7 +139,11 @@ def make_jobs(engine: Engine, settings: Settings, soup_dir: Path) -> Jobs:
                 "score dev": {"done": 9, "total": 9, "unit": "task"},
                 "search": {"done": 5, "total": 5, "unit": "trial"},
             },
-            analysis={**analysis, "search": {"study": STUDY, "best_trial": 3, "best_dev_objective": 0.66}},
+            analysis={
+                **analysis,
+                "search": {"study": STUDY, "best_trial": 3, "best_dev_objective": 0.66},
+                **DECIDED,
+            },
             study_name=STUDY,
             timings={"score": 3.0, "analyse": 0.1, "search": 12.0, "finalize": 4.0},
         )

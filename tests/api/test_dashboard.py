@@ -70,6 +70,11 @@ def test_pages_show_the_jobs(client: TestClient, jobs: Jobs) -> None:
     for chart in ("scores-dev", "correlation-pearson", "history", "weights", "baselines"):
         assert f'data-chart="{chart}"' in done
     assert "best dev score on arithmetic" in done and "Model card" in done
+    # the verdict opens the job page, before the charts; the final choice lists every contender
+    assert done.index('id="verdict"') < done.index('data-chart="scores-dev"')
+    assert "use the soup: +5.3 [+1.0, +9.0] over math-ft on test" in done
+    assert 'id="selection"' in done and "trial 3 (chosen)" in done
+    assert 'id="verdict"' not in client.get(f"/jobs/{jobs.running}").text  # no verdict before the end
     assert "optuna-dashboard" not in done  # no URL set: no link
     assert client.get(f"/jobs/{jobs.done}/model-card").text.startswith("# soup")
     assert client.get(f"/jobs/{jobs.done}/report").status_code == 404  # no report written

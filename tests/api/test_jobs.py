@@ -160,4 +160,16 @@ def test_job_detail_shows_what_the_workers_wrote(
     assert detail["correlations"] == analysis["correlations"] and detail["experts"] == analysis["experts"]
     assert detail["best_trial"] == analysis["best_trial"] and detail["timings"] == {"scoring": 12.5}
     assert detail["soup"]["weights"] == {"candidate-0": 1.0}
+    assert detail["verdict"] is None and detail["decision"] is None  # no decision before the job is done
+    # a done job's detail opens with its verdict, then the decision the finalize step stored
+    decision = {"kind": "single", "name": "candidate-0", "model": "/ckpt/candidate-0", "test_average": 0.5}
+    verdict = "keep candidate-0: no soup beat it on the selection split"
+    with session_scope(app.state.engine) as session:
+        job = session.get(Job, job_id)
+        job.state, job.analysis = "done", {**analysis, "verdict": verdict, "decision": decision}
+    response = client.get(f"/v1/jobs/{job_id}")
+    detail = response.json()
+    assert next(iter(detail)) == "verdict" and detail["verdict"] == verdict
+    assert detail["decision"] == decision
+    assert response.text.startswith('{"verdict":"keep candidate-0')
     assert client.get("/v1/jobs/999").status_code == 404

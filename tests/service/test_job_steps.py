@@ -284,9 +284,20 @@ def test_scheduled_run_scores_the_champion_and_the_gate_uses_the_paired_interval
             )
         )
 
+    def chose_its_soup(job_id: int) -> None:
+        with session_scope(engine) as session:
+            soup = session.scalars(select(Soup).where(Soup.job_id == job_id)).one()
+            decision = soup.scores["decision"]
+            assert decision["kind"] in ("soup", "single") and decision["model"]
+            # the tiny zoo's soups are rarely ahead on 6 selection examples a task, and the gate refuses a
+            # kept candidate (tests/db/test_schedules.py): this test is about the champion, so the job is
+            # taken to have chosen its soup
+            soup.scores = {**soup.scores, "decision": {**decision, "kind": "soup"}}
+
     def night(day: int) -> int:
         [job_id] = tick(engine, NOW + timedelta(days=day), send=lambda *_: None)
         assert run_job(job_id, settings=settings, engine=engine) == "done", read(engine, job_id).error
+        chose_its_soup(job_id)
         tick(engine, NOW + timedelta(days=day, minutes=1), data_dir=settings.data_dir, send=lambda *_: None)
         return job_id
 
@@ -360,6 +371,7 @@ def test_scheduled_run_scores_the_champion_and_the_gate_uses_the_paired_interval
         "soup_id": current.id,
         "error": f"{gone}: no such folder",
     }
+    chose_its_soup(third)
     tick(engine, NOW + timedelta(days=2, minutes=1), data_dir=settings.data_dir, send=lambda *_: None)
     run = runs(engine)[2]
     gate = run.details["gate"]

@@ -60,9 +60,10 @@ def read(engine, job_id: int) -> Job:
 
 
 def lookups(zoo: Path) -> int:
-    """Candidate x task scores a job looks up: every candidate on every task, dev and test."""
+    """Candidate x task scores a job looks up: every candidate on every task, on dev, test and the
+    search and selection parts of dev."""
     tasks = len(SuiteSpec.from_file(zoo / "suite.yaml").tasks)
-    return 2 * tasks * len(list((zoo / "candidates").iterdir()))
+    return 4 * tasks * len(list((zoo / "candidates").iterdir()))
 
 
 def trial(job_id: int, number: int) -> Message:
