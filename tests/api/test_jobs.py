@@ -90,6 +90,10 @@ def test_bad_job_requests_are_422_naming_the_field(client, writer, make_checkpoi
     assert err["loc"] == ["body", "tau"]
     err = post({"candidate_ids": ids, "suite_id": suite_id, "sampler": "annealing"})
     assert err["loc"] == ["body", "sampler"]
+    err = post({"candidate_ids": ids, "suite_id": suite_id, "selection_fraction": 0.95})
+    assert err["loc"] == ["body", "selection_fraction"]
+    err = post({"candidate_ids": ids, "suite_id": suite_id, "include_best_single": "maybe"})
+    assert err["loc"] == ["body", "include_best_single"]
     err = post({"candidate_ids": ids, "suite_id": suite_id, "sampler": "grid", "space": "layerwise"})
     assert "use tpe, cmaes or nsga2 with space layerwise" in err["msg"]
     err = post({"candidate_ids": ids, "tag": "nightly", "suite_id": suite_id})

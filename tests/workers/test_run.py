@@ -177,6 +177,25 @@ def test_layerwise_search_writes_a_layerwise_soup(tiny_zoo: Path, tmp_path: Path
     assert written.method == "layerwise" and len(written.parameters["blocks"]) == 2
 
 
+def test_the_papers_recipe_searches_the_experts_and_chooses_on_all_of_dev(tiny_zoo: Path, tmp_path: Path):
+    recipe = write_recipe(tmp_path, tiny_zoo, include_best_single=False, selection_fraction=0, n_trials=3)
+    result = runner.invoke(app, ["run", str(recipe), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["dev_parts"] == {} and not (tmp_path / "out" / "scores-dev-search.csv").exists()
+    experts = [e["candidate"] for e in report["experts"] if e["category"] is not None]
+    if not report["experts_fallback"]:
+        assert report["expert_candidates"] == list(dict.fromkeys(experts))  # no best single added
+    best = max(
+        report["dev_average"], key=lambda c: (report["dev_average"][c], -report["candidates"].index(c))
+    )
+    assert report["best_single"] == best  # chosen on all of dev
+    assert any("selection_fraction is 0" in w for w in report["warnings"])
+    assert report["decision"]["selection_fraction"] == 0
+    if report["decision"]["kind"] == "single":
+        assert report["verdict"] == f"keep {best}: no soup beat it on dev (no selection split)"
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
@@ -186,6 +205,7 @@ def test_layerwise_search_writes_a_layerwise_soup(tiny_zoo: Path, tmp_path: Path
         ({"candidates": ["/nonexistent/*"]}, "pattern '/nonexistent/*' matches no folder"),
         ({"suite": "/nonexistent/suite.yaml"}, "no such suite file"),
         ({"tau": 2}, "tau: Input should be less than or equal to 1"),
+        ({"selection_fraction": 1}, "selection_fraction: Input should be less than or equal to 0.9"),
         ({"weights": [1, 2]}, "weights: Extra inputs are not permitted"),
     ],
 )
