@@ -107,7 +107,7 @@ def _header_section(report: Mapping[str, Any], suite: str) -> str:
         for anchor, label in (
             ("scores", "Scores"),
             ("correlation", "Correlation"),
-            ("experts", "Experts"),
+            ("experts", "Ingredients"),
             ("search", "Search"),
             ("weights", "Weights"),
             *([("selection", "Final choice")] if _mapping(report.get("selection")) else []),
@@ -305,13 +305,13 @@ def _correlation_section(report: Mapping[str, Any], categories: list[str]) -> st
 
 def _experts_section(report: Mapping[str, Any]) -> str:
     experts = [_mapping(e) for e in _list(report.get("experts"))]
-    out = ['<section id="experts">\n<h2>Category experts</h2>']
+    out = ['<section id="experts">\n<h2>Ingredients: category experts and the best single candidate</h2>']
     if not experts:
         out.append('<p class="note">No experts in this report.</p></section>')
         return "\n".join(out)
     rows = [
         [
-            _e(e.get("category", "n/a")),
+            _e(e.get("category") or "all (dev average)"),
             _e(e.get("candidate", "n/a")),
             _num_cell(e.get("score")),
             _e(e.get("runner_up")) if e.get("runner_up") is not None else "n/a",
@@ -321,7 +321,7 @@ def _experts_section(report: Mapping[str, Any]) -> str:
         ]
         for e in experts
     ]
-    header = ["Category", "Expert", "Dev score", "Runner-up", "Runner-up score", "Margin", "Reason"]
+    header = ["Category", "Ingredient", "Dev score", "Runner-up", "Runner-up score", "Margin", "Reason"]
     out.append(_table_html(header, rows))
     out.append("</section>")
     return "\n".join(out)

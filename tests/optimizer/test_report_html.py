@@ -452,3 +452,48 @@ def test_large_reports_stay_readable() -> None:
     shown = [t for t in heatmap.texts if t.startswith("org/")]
     assert len(shown) == 20 and all(len(t) <= 32 and "…" in t for t in shown)
     assert len(set(shown)) == 20  # shortened in the middle, so names sharing a prefix stay distinct
+
+
+def test_the_verdict_opens_the_page_and_the_final_choice_lists_every_contender() -> None:
+    report = make_report(4, 3, 6)
+    report["verdict"] = "keep <llama-3.1-8b-ft-02>: no soup beat it on the selection split"
+    report["decision"] = {"kind": "single", "name": "llama-3.1-8b-ft-02", "model": "/ckpt/ft-02"}
+    report["selection"] = {
+        "chosen": "best_single",
+        "fraction": 0.5,
+        "level": 0.95,
+        "reason": "no soup beat best single (ft-02) on the selection part",
+        "contenders": [
+            {
+                "name": "best_single",
+                "label": "best single (ft-02)",
+                "kind": "single",
+                "average": 0.61,
+                "diff": 0.0,
+                "low": 0.0,
+                "passed": False,
+                "search_average": 0.63,
+                "test_average": 0.6,
+            },
+            {
+                "name": "trial_4",
+                "label": "trial 4",
+                "kind": "soup",
+                "average": 0.62,
+                "diff": 0.01,
+                "low": -0.02,
+                "passed": False,
+                "search_average": 0.66,
+                "test_average": 0.59,
+            },
+        ],
+    }
+    html = render_report_html(report)
+    body = html[html.index("<body>") :]
+    assert body.index('id="verdict"') < body.index('class="meta"') < body.index('id="scores"')
+    assert "keep &lt;llama-3.1-8b-ft-02&gt;: no soup beat it" in html and "/ckpt/ft-02" in html
+    assert 'class="verdict verdict-single"' in html
+    section = html[html.index('<section id="selection">') : html.index('<section id="baselines">')]
+    assert "best single (ft-02) (chosen)" in section and "trial 4" in section and "+0.010" in section
+    assert "50% of each task" in section
+    assert 'id="verdict"' not in render_report_html(make_report(4, 3, 6))  # none without a decision
