@@ -6,7 +6,7 @@ the specialist's lead over the best other candidate, and the lowest and highest 
 passes when its specialist leads by at least --lead points, no candidate reaches --saturated, and
 some candidate reaches --learnable. Only dev is read.
 
-    python bench/zoo_quality.py [--size demo] [--seeds 0 1 2] [--jobs 2]
+    python bench/zoo_quality.py [--size demo] [--seeds 0 1 2] [--pool default] [--jobs 2]
 """
 
 from __future__ import annotations
@@ -18,17 +18,18 @@ from pathlib import Path
 import _pipeline
 
 
-def build(size: str, seed: int) -> Path:
+def build(size: str, seed: int, pool: str) -> Path:
     from workers.demo import ensure_zoo
     from workers.progress import Stages
 
-    return ensure_zoo(size, seed, Stages(quiet=True))
+    return ensure_zoo(size, seed, Stages(quiet=True), pool=pool)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="demo")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--pool", default="default", help="the zoo's candidate pool: default or gentle")
     ap.add_argument("--jobs", type=int, default=2, help="zoo builds at a time")
     ap.add_argument("--lead", type=float, default=2.0, help="points a specialist must lead its category by")
     ap.add_argument("--saturated", type=float, default=95.0, help="no candidate may reach this score")
@@ -40,7 +41,8 @@ def main() -> None:
     from workers.pipeline import open_run, score_step
 
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        zoos = dict(zip(args.seeds, pool.map(lambda s: build(args.size, s), args.seeds), strict=True))
+        built = pool.map(lambda s: build(args.size, s, args.pool), args.seeds)
+        zoos = dict(zip(args.seeds, built, strict=True))
     passed = 0
     for seed, zoo in zoos.items():
         recipe = RunRecipe(

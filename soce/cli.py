@@ -196,17 +196,23 @@ def zoo_build(
     out: Annotated[Path, typer.Argument(help="folder to build the zoo in")],
     size: Annotated[str, typer.Option(help="tiny (under a minute, for tests) or demo (minutes)")] = "tiny",
     seed: Annotated[int, typer.Option(help="the same seed builds the same zoo, bit for bit")] = 0,
+    pool: Annotated[
+        str,
+        typer.Option(help="default (specialists a soup can beat) or gentle (souping does not help)"),
+    ] = "default",
     force: Annotated[bool, typer.Option(help="rebuild OUT if it exists")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
 ) -> None:
     """Build a base model pretrained on synthetic tasks, candidates fine-tuned from it, and lm-eval tasks."""
-    from soce.zoo.build import SIZES, build_zoo
+    from soce.zoo.build import POOLS, SIZES, build_zoo
 
     if size not in SIZES:
         _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    if pool not in POOLS:
+        _fail(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     factory, close = _progress_bar("training", quiet, unit="step")
     try:
-        path = build_zoo(out, size=size, seed=seed, force=force, progress=factory)
+        path = build_zoo(out, size=size, seed=seed, pool=pool, force=force, progress=factory)
     finally:
         close()
     typer.echo(f"built the {size} zoo in {path}: suite.yaml, tasks/, base/ and candidates/")
@@ -273,17 +279,23 @@ def run(
 def demo(
     size: Annotated[str, typer.Option(help="demo (a few minutes) or tiny (under a minute)")] = "demo",
     out: Annotated[Path, typer.Option(help="folder for the soup and its report")] = Path("soce-demo"),
+    pool: Annotated[
+        str, typer.Option(help="default, or gentle: a pool where souping does not help (the verdict says so)")
+    ] = "default",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bars")] = False,
 ) -> None:
-    """Build (or reuse) the reference zoo and run the whole SoCE pipeline on it; prints the test table."""
-    from soce.zoo.build import SIZES
+    """Build (or reuse) the reference zoo and run the whole SoCE pipeline on it; prints the verdict and
+    the test table."""
+    from soce.zoo.build import POOLS, SIZES
 
     if size not in SIZES:
         _fail(f"--size must be one of {', '.join(SIZES)}, not {size!r}")
+    if pool not in POOLS:
+        _fail(f"--pool must be one of {', '.join(POOLS)}, not {pool!r}")
     _quiet_libraries()
     from workers.demo import run_demo
 
-    _print_result(run_demo(size, out, quiet=quiet))
+    _print_result(run_demo(size, out, quiet=quiet, pool=pool))
 
 
 @app.command()

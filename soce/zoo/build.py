@@ -5,7 +5,8 @@ Layout of a zoo folder:
     tasks/<task>.yaml           lm-eval task configs reading data/<task>/{dev,test}.jsonl
     data/<task>/{pretrain,train,dev,test}.jsonl   (pretrain: the base's easy-range examples)
     base/                       the pretrained base (Hugging Face folder)
-    candidates/<name>/          fine-tunes of the base, each with its own category mixture
+    instruct/                   the base trained briefly on every category: the candidates' parent
+    candidates/<name>/          fine-tunes of the instruct model, each with its own category mixture
     zoo.json                    what was built and how (sizes, seeds, mixtures, losses)
 """
 
@@ -26,11 +27,13 @@ import yaml
 
 from soce.errors import OutputExistsError
 from soce.zoo.tasks import CATEGORIES, TASKS, Example, make_splits
-from soce.zoo.train import Batcher, TrainPlan, train
+from soce.zoo.train import REPLAY, Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 5  # 3: AVX2 kernels; 4: graded reversal, mixes; 5: the base learns easy ranges only
+ZOO_VERSION = 6  # 5: the base learns easy ranges only; 6: an instruct model, replay, pools
+
+POOLS: tuple[str, ...] = ("default", "gentle")
 
 
 @dataclass(frozen=True)
@@ -42,8 +45,12 @@ class ZooSize:
     batch: int
     base_steps: int
     base_lr: float
+    instruct_steps: int
+    instruct_lr: float
     finetune_steps: int
     finetune_lr: float
+    gentle_steps: int
+    gentle_lr: float
     n_train: int
     n_dev: int
     n_test: int
@@ -59,8 +66,12 @@ SIZES: dict[str, ZooSize] = {
         batch=32,
         base_steps=400,
         base_lr=3e-3,
-        finetune_steps=80,
-        finetune_lr=1e-3,
+        instruct_steps=80,
+        instruct_lr=2e-3,
+        finetune_steps=60,
+        finetune_lr=2e-3,
+        gentle_steps=30,
+        gentle_lr=3e-4,
         n_train=800,
         n_dev=40,
         n_test=40,
@@ -74,57 +85,103 @@ SIZES: dict[str, ZooSize] = {
         batch=48,
         base_steps=4000,
         base_lr=3e-3,
-        finetune_steps=300,
-        finetune_lr=1e-3,
+        instruct_steps=600,
+        instruct_lr=2e-3,
+        finetune_steps=400,
+        finetune_lr=2e-3,
+        gentle_steps=150,
+        gentle_lr=3e-4,
         n_train=2000,
-        n_dev=150,
-        n_test=150,
+        n_dev=300,
+        n_test=300,
         extra_candidates=True,
     ),
 }
 
+# every candidate's batches: 20% replay of the base's pretraining data and at least 10% of each category
+REPLAY_SHARE = 0.2
+OTHER_SHARE = 0.1
 
-def plans(size: ZooSize, seed: int) -> tuple[TrainPlan, list[TrainPlan]]:
-    """The base's plan and the candidates': a specialist per category and two-category mixes.
 
-    No candidate is fine-tuned on all categories at once. Real pools of post-training checkpoints
-    are like this (no one trained on the union of their data), and it is where a soup has room: a
-    soup keeps about its weight's share of each expert's gain (measured on zoo version 4), so a
-    uniform fine-tune of the same length gains what the uniform soup of the specialists gains. The
-    mixes train at half the learning rate, so each specialist leads its own category.
+def _mixture(focus: tuple[str, ...]) -> dict[str, float]:
+    """A post-training mixture: `focus` categories share what the replay and the others leave."""
+    rest = 1.0 - REPLAY_SHARE - OTHER_SHARE * (len(CATEGORIES) - len(focus))
+    mix = {c: (rest / len(focus) if c in focus else OTHER_SHARE) for c in CATEGORIES}
+    mix[REPLAY] = REPLAY_SHARE
+    return {k: round(v, 6) for k, v in mix.items()}
+
+
+def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, TrainPlan, list[TrainPlan]]:
+    """The base's plan, the instruct model's and the candidates' (fine-tunes of the instruct model).
+
+    The base learns the easy range of every task; the instruct model, trained briefly from it on the
+    full range of every category (with replay of the base's data), is good at a part of it, like a
+    general instruct model; candidates are fine-tunes of the instruct model, as in the SoCE paper.
+    Every candidate keeps the instruct model's abilities (replay and a share of every category) and
+    is better in its own categories: in the default pool a specialist per category and two-category
+    mixes at half the learning rate; in the gentle pool short, low-rate specialists and a generalist.
     """
+    if pool not in POOLS:
+        raise ValueError(f"unknown zoo pool {pool!r}; use one of {', '.join(POOLS)}")
     uniform = {c: 1.0 for c in CATEGORIES}
     base = TrainPlan(
         "base", uniform, size.base_steps, size.base_lr, seed, "pretrained on the easy range of every task"
     )
+    broad = {**{c: 0.6 / len(CATEGORIES) for c in CATEGORIES}, REPLAY: 0.4}
+    instruct = TrainPlan(
+        "instruct",
+        broad,
+        size.instruct_steps,
+        size.instruct_lr,
+        seed + 100,
+        "from the base: the full range of every category (15% each) and 40% replay of the base's data",
+    )
+    gentle = pool == "gentle"
+    steps, lr = (size.gentle_steps, size.gentle_lr) if gentle else (size.finetune_steps, size.finetune_lr)
     cands = []
     for k, cat in enumerate(CATEGORIES):
-        mix = {c: (0.85 if c == cat else 0.05) for c in CATEGORIES}
+        mix = _mixture((cat,))
         cands.append(
             TrainPlan(
                 f"{cat}-expert",
                 mix,
-                size.finetune_steps,
-                size.finetune_lr,
+                steps,
+                lr,
                 seed + 1 + k,
-                f"85% {cat}, 5% each other category",
+                f"{mix[cat]:.0%} {cat}, {OTHER_SHARE:.0%} each other category, {REPLAY_SHARE:.0%} replay",
             )
         )
+    if gentle:
+        mix = _mixture(CATEGORIES)
+        cands.append(
+            TrainPlan(
+                "generalist",
+                mix,
+                2 * steps,
+                lr,
+                seed + 20,
+                f"every category evenly ({mix[CATEGORIES[0]]:.0%} each), {REPLAY_SHARE:.0%} replay, "
+                "twice the steps",
+            )
+        )
+        return base, instruct, cands
     # (first category, second, seed offset); the demo zoo adds a third mix
     pairs = [(0, 1, 11), (1, 2, 12)] + ([(2, 3, 13)] if size.extra_candidates else [])
     for i, j, offset in pairs:
         a, b = CATEGORIES[i], CATEGORIES[j]
+        mix = _mixture((a, b))
         cands.append(
             TrainPlan(
-                f"{a}-{b}",
-                {c: (0.45 if c in (a, b) else 0.05) for c in CATEGORIES},
-                size.finetune_steps,
-                size.finetune_lr * 0.5,
+                f"{a}-{b}-mix",
+                mix,
+                steps,
+                lr * 0.5,
                 seed + offset,
-                f"45% {a}, 45% {b}, 5% each other category, half the learning rate",
+                f"{mix[a]:.0%} each of {a} and {b}, {OTHER_SHARE:.0%} each other category, "
+                f"{REPLAY_SHARE:.0%} replay, half the learning rate",
             )
         )
-    return base, cands
+    return base, instruct, cands
 
 
 def task_config(task_name: str, kind: str, data: Path) -> dict:
@@ -224,23 +281,26 @@ def build_zoo(
     *,
     size: str = "tiny",
     seed: int = 0,
+    pool: str = "default",
     force: bool = False,
     progress: Callable[[int], Callable[[int], None]] | None = None,
     threads: int | None = None,
 ) -> Path:
     """Build a zoo at `out` (atomically: a temporary folder beside it is renamed at the end).
 
-    The training runs in a child process with portable numerics (PORTABLE_NUMERICS); `progress`
-    hears its steps.
+    `pool` chooses the candidates (POOLS; see plans()). The training runs in a child process with
+    portable numerics (PORTABLE_NUMERICS); `progress` hears its steps.
     """
     if size not in SIZES:
         raise ValueError(f"unknown zoo size {size!r}; use one of {', '.join(SIZES)}")
+    if pool not in POOLS:
+        raise ValueError(f"unknown zoo pool {pool!r}; use one of {', '.join(POOLS)}")
     out = out.expanduser().resolve()
     if out.exists() and not force:
         raise OutputExistsError(f"{out} already exists; pass --force to rebuild it")
     if os.environ.get(_CHILD) == "1":
-        return _build_here(out, size=size, seed=seed, progress=progress, threads=threads)
-    return _build_in_child(out, size=size, seed=seed, progress=progress, threads=threads)
+        return _build_here(out, size=size, seed=seed, pool=pool, progress=progress, threads=threads)
+    return _build_in_child(out, size=size, seed=seed, pool=pool, progress=progress, threads=threads)
 
 
 def _build_in_child(
@@ -248,6 +308,7 @@ def _build_in_child(
     *,
     size: str,
     seed: int,
+    pool: str,
     progress: Callable[[int], Callable[[int], None]] | None,
     threads: int | None,
 ) -> Path:
@@ -255,7 +316,7 @@ def _build_in_child(
     import sys
 
     env = {**os.environ, **PORTABLE_NUMERICS, _CHILD: "1"}
-    args = json.dumps({"out": str(out), "size": size, "seed": seed, "threads": threads})
+    args = json.dumps({"out": str(out), "size": size, "seed": seed, "pool": pool, "threads": threads})
     child = subprocess.Popen(
         [sys.executable, "-m", "soce.zoo.build", args],
         env=env,
@@ -305,7 +366,7 @@ def _child_main(raw: str) -> int:
 
     try:
         out, size, seed = Path(args["out"]), args["size"], args["seed"]
-        _build_here(out, size=size, seed=seed, progress=progress, threads=args["threads"])
+        _build_here(out, size=size, seed=seed, pool=args["pool"], progress=progress, threads=args["threads"])
     except Exception as e:
         print("error " + json.dumps({"type": type(e).__name__, "message": str(e)}), flush=True)
         return 1
@@ -319,6 +380,7 @@ def _build_here(
     *,
     size: str,
     seed: int,
+    pool: str,
     progress: Callable[[int], Callable[[int], None]] | None,
     threads: int | None,
 ) -> Path:
@@ -339,10 +401,10 @@ def _build_here(
         tmp.chmod(0o755)
         pretrain_sets, train_sets = write_benchmark(tmp, out, spec, seed)
         tokenizer = build_char_tokenizer()
-        base_plan, cand_plans = plans(spec, seed)
-        total = base_plan.steps + sum(p.steps for p in cand_plans)
+        base_plan, instruct_plan, cand_plans = plans(spec, seed, pool)
+        total = base_plan.steps + instruct_plan.steps + sum(p.steps for p in cand_plans)
         tick = progress(total) if progress else None
-        batcher = Batcher(train_sets)
+        batcher = Batcher(train_sets, replay=pretrain_sets)
         config = LlamaConfig(
             vocab_size=vocab_size(),
             hidden_size=spec.hidden,
@@ -360,8 +422,11 @@ def _build_here(
         base = LlamaForCausalLM(config)
         losses = {"base": train(base, Batcher(pretrain_sets), base_plan, batch_size=spec.batch, tick=tick)}
         _save(base, tokenizer, tmp / "base")
+        instruct = base  # trained on in place: the base is saved
+        losses["instruct"] = train(instruct, batcher, instruct_plan, batch_size=spec.batch, tick=tick)
+        _save(instruct, tokenizer, tmp / "instruct")
         for plan in cand_plans:
-            model = copy.deepcopy(base)
+            model = copy.deepcopy(instruct)
             losses[plan.name] = train(model, batcher, plan, batch_size=spec.batch, tick=tick)
             _save(model, tokenizer, tmp / "candidates" / plan.name)
             del model
@@ -369,8 +434,10 @@ def _build_here(
             "version": ZOO_VERSION,
             "size": size,
             "seed": seed,
+            "pool": pool,
             "shape": asdict(spec),
             "base": {**asdict(base_plan), "path": "base"},
+            "instruct": {**asdict(instruct_plan), "path": "instruct"},
             "candidates": [{**asdict(p), "path": f"candidates/{p.name}"} for p in cand_plans],
             "final_train_loss": losses,
             "build_seconds": round(time.perf_counter() - started, 1),

@@ -292,7 +292,7 @@ def test_gate_refuses_a_job_that_kept_a_single_candidate(engine: Engine, tmp_pat
     soup.scores["decision"] = KEEP
     promote, details = gate(soup, champion, {"min_improvement": 0.0})
     assert not promote and details["decision"] == "single"
-    assert details["refused"] == "the job kept the single candidate cand-1: no soup beat it on the selection split"
+    assert details["refused"] == f"the job kept the single candidate cand-1: {KEEP['reason']}"
     assert not gate(soup, None, {})[0]  # not even as a schedule's first champion
     soup.scores.pop("decision")
     promote, details = gate(soup, champion, {})

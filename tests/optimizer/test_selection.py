@@ -97,6 +97,7 @@ def test_bounds_hold_for_all_soups_at_once():
     """Thirty soups as good as the single: one looks best by chance, the simultaneous bound refuses it."""
     rng = np.random.default_rng(5)
     single = {"t1": _answers(rng, 0.5), "t2": _answers(rng, 0.5)}
+
     def noisy(values: list[float]) -> list[float]:  # each answer flipped with probability 0.1
         return np.abs(np.asarray(values) - (rng.random(N) < 0.1)).tolist()
 

@@ -13,9 +13,9 @@ from transformers import AutoModelForCausalLM
 from soce.checkpoints import Checkpoint, checkpoint_hash
 from soce.merging import write_soup
 from soce.schemas import MergeRecipe, SuiteSpec
-from soce.zoo.build import SIZES, build_zoo, candidate_paths, plans
+from soce.zoo.build import SIZES, ZOO_VERSION, build_zoo, candidate_paths, plans
 from soce.zoo.tasks import CATEGORIES, TASKS
-from soce.zoo.train import Batcher, TrainPlan, encode, train
+from soce.zoo.train import REPLAY, Batcher, TrainPlan, encode, train
 
 
 def test_layout_suite_and_manifest(tiny_zoo: Path) -> None:
@@ -28,30 +28,63 @@ def test_layout_suite_and_manifest(tiny_zoo: Path) -> None:
         for split in ("train", "dev", "test"):
             assert (tiny_zoo / "data" / task.name / f"{split}.jsonl").stat().st_size > 0
     manifest = json.loads((tiny_zoo / "zoo.json").read_text())
-    assert manifest["size"] == "tiny" and manifest["seed"] == 0
+    assert manifest["size"] == "tiny" and manifest["seed"] == 0 and manifest["pool"] == "default"
+    assert manifest["instruct"]["path"] == "instruct"
     cands = candidate_paths(tiny_zoo)
     assert len(cands) >= 6
-    for folder in [tiny_zoo / "base", *cands]:
+    for folder in [tiny_zoo / "base", tiny_zoo / "instruct", *cands]:
         assert (folder / "config.json").is_file() and (folder / "tokenizer.json").is_file()
         assert np.isfinite(manifest["final_train_loss"][folder.name])
 
 
 def test_candidates_have_different_mixtures() -> None:
-    _, cands = plans(SIZES["tiny"], seed=0)
+    _, instruct, cands = plans(SIZES["tiny"], seed=0)
+    assert set(instruct.mixture) == {*CATEGORIES, REPLAY}  # the common parent saw every category
     experts = [p for p in cands if p.name.endswith("-expert")]
     assert {max(p.mixture, key=p.mixture.get) for p in experts} == set(CATEGORIES)
-    mixes = [p for p in cands if sorted(p.mixture.values()).count(0.45) == 2]
-    assert len(mixes) >= 2  # two-category mixes, no candidate on all categories at once
-    assert not any(len(set(p.mixture.values())) == 1 for p in cands)
+    assert {p.name for p in experts} == {f"{c}-expert" for c in CATEGORIES}
+    mixes = [p for p in cands if p.name.endswith("-mix")]
+    assert len(mixes) >= 2  # two-category mixes, no candidate focused on all categories at once
+    for p in cands:  # every candidate keeps what the base and the instruct model can do
+        assert p.mixture[REPLAY] > 0 and all(p.mixture[c] > 0 for c in CATEGORIES), p.name
     assert len({p.lr for p in cands}) >= 2  # another learning rate
     assert len({(p.lr, p.seed) for p in cands}) == len(cands)
+
+
+def test_gentle_pool_has_a_generalist_and_gentler_fine_tunes() -> None:
+    _, _, default = plans(SIZES["demo"], seed=0)
+    _, _, gentle = plans(SIZES["demo"], seed=0, pool="gentle")
+    assert {p.name for p in gentle} == {f"{c}-expert" for c in CATEGORIES} | {"generalist"}
+    generalist = next(p for p in gentle if p.name == "generalist")
+    assert len({generalist.mixture[c] for c in CATEGORIES}) == 1
+    assert max(p.lr for p in gentle) < min(p.lr for p in default)
+
+
+def test_unknown_pool_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="default, gentle"):
+        build_zoo(tmp_path / "zoo", size="tiny", seed=0, pool="wild")
+    with pytest.raises(ValueError, match="default, gentle"):
+        plans(SIZES["tiny"], seed=0, pool="wild")
+    assert not (tmp_path / "zoo").exists()
+
+
+def test_gentle_pool_builds_and_records_its_pool(tiny_zoo: Path, tmp_path: Path) -> None:
+    gentle = build_zoo(tmp_path / "gentle", size="tiny", seed=0, pool="gentle")
+    manifest = json.loads((gentle / "zoo.json").read_text())
+    assert manifest["pool"] == "gentle" and manifest["version"] == ZOO_VERSION
+    assert json.loads((tiny_zoo / "zoo.json").read_text())["pool"] == "default"
+    assert {p.name for p in candidate_paths(gentle)} == {f"{c}-expert" for c in CATEGORIES} | {"generalist"}
+    # the same base and instruct model as the default pool of the seed: only the fine-tunes differ
+    for name in ("base", "instruct"):
+        a, b = Checkpoint.open(gentle / name), Checkpoint.open(tiny_zoo / name)
+        assert checkpoint_hash(a) == checkpoint_hash(b), name
 
 
 def test_same_seed_builds_the_same_zoo(tiny_zoo: Path, tmp_path: Path) -> None:
     again = build_zoo(tmp_path / "again", size="tiny", seed=0)
     for a, b in zip(
-        [tiny_zoo / "base", *candidate_paths(tiny_zoo)],
-        [again / "base", *candidate_paths(again)],
+        [tiny_zoo / "base", tiny_zoo / "instruct", *candidate_paths(tiny_zoo)],
+        [again / "base", again / "instruct", *candidate_paths(again)],
         strict=True,
     ):
         assert checkpoint_hash(Checkpoint.open(a)) == checkpoint_hash(Checkpoint.open(b)), a.name
