@@ -374,6 +374,8 @@ def notify(engine: Engine, run_id: int, *, delays: tuple[float, ...] = (1.0, 2.0
             return False
         url = run.schedule.webhook_url
         summary = {
+            # the job's verdict first: use its soup, or keep the named candidate (none if it failed)
+            "verdict": ((run.job.analysis or {}).get("verdict") if run.job is not None else None),
             "schedule": run.schedule.name,
             "run_id": run.id,
             "due_at": run.due_at.isoformat(),

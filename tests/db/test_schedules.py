@@ -347,6 +347,7 @@ def test_webhook_retries_and_a_dead_one_does_not_fail_the_run(engine: Engine, tm
         tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=lambda *_: None, webhook_delays=FAST)
         assert [b["outcome"] for b in _Hook.bodies] == ["promoted"]
         assert _Hook.bodies[0]["schedule"] == "nightly" and _Hook.bodies[0]["job_id"] == job_id
+        assert next(iter(_Hook.bodies[0])) == "verdict"  # none here: these jobs are rows, not runs
     finally:
         server.shutdown()
         server.server_close()
