@@ -111,9 +111,8 @@ def score_step(
     desc = f"score {split}" + (f" {part.name}" if part else "")
     with stages.stage(desc, total=len(inputs.paths) * len(inputs.suite.tasks), unit="task") as advance:
         for label, path in inputs.paths.items():
-            kwargs = {"part": part} if part is not None else {}
             got = score_checkpoint(
-                inputs.evaluator, path, inputs.suite, split, engine=engine, progress=advance, **kwargs
+                inputs.evaluator, path, inputs.suite, split, engine=engine, progress=advance, part=part
             )
             results.append(got.model_copy(update={"candidate": label}))
     return ScoreMatrix.from_scores(results)
