@@ -99,7 +99,12 @@ def test_job_runs_to_done(tiny_zoo, app_engine, service_databases, worker: Worke
         assert len(list(f.keys())) > 0
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert sum(p.numel() for p in model.parameters()) > 0
-    assert set(soup.weights["weights"]) == set(job.analysis["expert_candidates"])
+    # the soup written: the chosen one, or the best on the selection part, over candidates of the job
+    assert set(soup.weights["weights"]) <= set(job.analysis["scores"]["dev"]["candidates"])
+    assert soup.scores["decision"] == job.analysis["decision"] and job.analysis["verdict"]
+    selection = job.analysis["selection"]
+    written = selection["chosen"] if job.analysis["decision"]["kind"] == "soup" else selection["best_soup"]
+    assert soup.lineage["source"] == written
     assert sum(soup.weights["weights"].values()) == pytest.approx(1.0)
     assert soup.content_hash and len(soup.lineage["ingredients"]) == len(soup.weights["weights"])
     assert soup.lineage["study"] == job.study_name
