@@ -441,7 +441,8 @@ def analyse(ctx: Context) -> dict[str, Any]:
     from workers.pipeline import analyse_step
 
     started = time.perf_counter()
-    result = analyse_step(ctx.matrices().search, ctx.spec.recipe)
+    matrices = ctx.matrices()
+    result = analyse_step(matrices.search, ctx.spec.recipe, whole=matrices.dev)
     analysis, timings = ctx.stored()
     analysis.update(
         correlation=result.correlation.as_dict(),

@@ -166,12 +166,18 @@ def score_all(inputs: RunInputs, *, engine: Any = None, stages: Stages | None = 
 class Analysis:
     correlation: Correlation
     experts: Experts  # the ingredients: category experts, and the best single candidate by default
-    best_single: str  # by dev average on the search part
+    best_single: str  # by dev average on all of dev
 
 
-def analyse_step(dev: ScoreMatrix, recipe: RunRecipe) -> Analysis:
+def analyse_step(dev: ScoreMatrix, recipe: RunRecipe, *, whole: ScoreMatrix | None = None) -> Analysis:
     """Correlations between categories on `dev` (the search part), the weakly correlated ones, their
-    experts and the ingredient pool."""
+    experts and the ingredient pool.
+
+    whole: all of dev (default `dev`), where the best single candidate is chosen: as a user would
+    choose their best checkpoint, on every dev example. Its score on the selection part is then a
+    little optimistic, which only makes a soup harder to choose.
+    """
+    whole = whole or dev
     corr = analyse_correlation(
         dev.candidates,
         dev.categories,
@@ -184,9 +190,9 @@ def analyse_step(dev: ScoreMatrix, recipe: RunRecipe) -> Analysis:
         dev.candidates, dev.categories, dev.values, dev.average, corr.weak, max_experts=recipe.max_experts
     )
     pool = ingredient_pool(
-        experts, dev.candidates, dev.average, include_best_single=recipe.include_best_single
+        experts, whole.candidates, whole.average, include_best_single=recipe.include_best_single
     )
-    return Analysis(corr, pool, best_single(dev.candidates, dev.average))
+    return Analysis(corr, pool, best_single(whole.candidates, whole.average))
 
 
 # --- search --------------------------------------------------------------------------------------
@@ -866,7 +872,7 @@ def run_local(
     matrices = score_all(inputs, engine=engine, stages=stages)
     seconds["score"] = time.perf_counter() - t0
     t = time.perf_counter()
-    analysis = analyse_step(matrices.search, recipe)
+    analysis = analyse_step(matrices.search, recipe, whole=matrices.dev)
     for w in [*analysis.correlation.warnings, *analysis.experts.warnings]:
         stages.note(f"warning: {w}")
     stages.note(

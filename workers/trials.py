@@ -74,7 +74,8 @@ def open_search(ctx: Context, inputs: RunInputs, resident: ResidentSoup) -> tupl
     from workers.pipeline import analyse_step, optuna_storage, weight_search
 
     # deterministic: the ingredients of the analyse step
-    analysis = analyse_step(ctx.matrices().search, ctx.spec.recipe)
+    matrices = ctx.matrices()
+    analysis = analyse_step(matrices.search, ctx.spec.recipe, whole=matrices.dev)
     search = weight_search(inputs, analysis, resident, storage=optuna_storage(ctx.settings))
     name = search.study.study_name
     with session_scope(ctx.engine) as session:

@@ -70,9 +70,9 @@ def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
     assert set(report["dev_scores"]) == set(cands) and set(report["dev_scores"][cands[0]]) == set(cats)
     assert set(report["correlation"]) >= {"pearson", "spearman", "tau"}
     experts = report["expert_candidates"]
-    # the ingredients: the experts and the best single candidate by dev average on the search part
-    search_avg = report["dev_parts"]["search_average"]
-    best = max(search_avg, key=lambda c: (search_avg[c], -report["candidates"].index(c)))
+    # the ingredients: the experts and the best single candidate by its average on all of dev
+    dev_avg = report["dev_average"]
+    best = max(dev_avg, key=lambda c: (dev_avg[c], -report["candidates"].index(c)))
     assert report["best_single"] == best and best in experts
     assert any(e["candidate"] == best and e["category"] is None for e in report["experts"])
     assert sum(report["weights"].values()) == pytest.approx(1.0)
