@@ -31,7 +31,8 @@ from soce.zoo.train import REPLAY, Batcher, TrainPlan, train
 
 log = logging.getLogger(__name__)
 
-ZOO_VERSION = 6  # 5: the base learns easy ranges only; 6: an instruct model, replay, pools
+ZOO_VERSION = 7  # 5: the base learns easy ranges only; 6: an instruct model, replay, pools;
+# 7: the default pool: broad fine-tunes at a constant learning rate (noisy endpoints)
 
 POOLS: tuple[str, ...] = ("default", "gentle")
 
@@ -98,17 +99,28 @@ SIZES: dict[str, ZooSize] = {
     ),
 }
 
-# every candidate's batches: 20% replay of the base's pretraining data and at least 10% of each category
+# the gentle pool's batches: 20% replay of the base's pretraining data and at least 10% of each category
 REPLAY_SHARE = 0.2
 OTHER_SHARE = 0.1
+# the default pool's batches: 15% replay and 15% of each category not emphasised (so a one-category
+# emphasis is 40%, a two-category one 27.5% each)
+BROAD_REPLAY_SHARE = 0.15
+BROAD_OTHER_SHARE = 0.15
 
 
-def _mixture(focus: tuple[str, ...]) -> dict[str, float]:
+def _mixture(
+    focus: tuple[str, ...], *, replay: float = REPLAY_SHARE, other: float = OTHER_SHARE
+) -> dict[str, float]:
     """A post-training mixture: `focus` categories share what the replay and the others leave."""
-    rest = 1.0 - REPLAY_SHARE - OTHER_SHARE * (len(CATEGORIES) - len(focus))
-    mix = {c: (rest / len(focus) if c in focus else OTHER_SHARE) for c in CATEGORIES}
-    mix[REPLAY] = REPLAY_SHARE
+    rest = 1.0 - replay - other * (len(CATEGORIES) - len(focus))
+    mix = {c: (rest / len(focus) if c in focus else other) for c in CATEGORIES}
+    mix[REPLAY] = replay
     return {k: round(v, 6) for k, v in mix.items()}
+
+
+def _broad_mixture(focus: tuple[str, ...]) -> dict[str, float]:
+    """The default pool's mixture: every category and replay, `focus` emphasised."""
+    return _mixture(focus, replay=BROAD_REPLAY_SHARE, other=BROAD_OTHER_SHARE)
 
 
 def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, TrainPlan, list[TrainPlan]]:
@@ -117,9 +129,13 @@ def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, T
     The base learns the easy range of every task; the instruct model, trained briefly from it on the
     full range of every category (with replay of the base's data), is good at a part of it, like a
     general instruct model; candidates are fine-tunes of the instruct model, as in the SoCE paper.
-    Every candidate keeps the instruct model's abilities (replay and a share of every category) and
-    is better in its own categories: in the default pool a specialist per category and two-category
-    mixes at half the learning rate; in the gentle pool short, low-rate specialists and a generalist.
+    Every candidate keeps the instruct model's abilities (replay and a share of every category).
+    The default pool: broad fine-tunes, each with its own emphasis (one category, or two), seed and
+    data order, at a constant learning rate (lr_floor=1.0, like checkpoints taken before the rate
+    decays): each ends at a noisy point around the same basin, and their average lands nearer its
+    centre, better than any of them (the SWA / model-soup mechanism). The gentle pool: short,
+    low-rate specialists and a generalist (cosine decay), close to their parent, where a soup gains
+    little over the best of them.
     """
     if pool not in POOLS:
         raise ValueError(f"unknown zoo pool {pool!r}; use one of {', '.join(POOLS)}")
@@ -136,8 +152,11 @@ def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, T
         seed + 100,
         "from the base: the full range of every category (15% each) and 40% replay of the base's data",
     )
-    gentle = pool == "gentle"
-    steps, lr = (size.gentle_steps, size.gentle_lr) if gentle else (size.finetune_steps, size.finetune_lr)
+    # (first category, second, seed offset) of the default pool's two-category candidates
+    pairs = [(0, 1, 11), (1, 2, 12)] + ([(2, 3, 13)] if size.extra_candidates else [])
+    if pool == "default":
+        return base, instruct, _broad_candidates(size, seed, pairs)
+    steps, lr = size.gentle_steps, size.gentle_lr
     cands = []
     for k, cat in enumerate(CATEGORIES):
         mix = _mixture((cat,))
@@ -151,37 +170,61 @@ def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, T
                 f"{mix[cat]:.0%} {cat}, {OTHER_SHARE:.0%} each other category, {REPLAY_SHARE:.0%} replay",
             )
         )
-    if gentle:
-        mix = _mixture(CATEGORIES)
+    mix = _mixture(CATEGORIES)
+    cands.append(
+        TrainPlan(
+            "generalist",
+            mix,
+            2 * steps,
+            lr,
+            seed + 20,
+            f"every category evenly ({mix[CATEGORIES[0]]:.0%} each), {REPLAY_SHARE:.0%} replay, "
+            "twice the steps",
+        )
+    )
+    return base, instruct, cands
+
+
+def _broad_candidates(size: ZooSize, seed: int, pairs: list[tuple[int, int, int]]) -> list[TrainPlan]:
+    """The default pool: broad fine-tunes at a constant rate, each with its own seed and data order.
+
+    One per category (40% of it, 15% of each other); one per pair of neighbouring categories (27.5%
+    of each of the pair, 15% of each other). All with 15% replay.
+    """
+    steps, lr = size.finetune_steps, size.finetune_lr
+    cands = []
+    for k, cat in enumerate(CATEGORIES):
+        mix = _broad_mixture((cat,))
+        other = mix[next(c for c in CATEGORIES if c != cat)]
         cands.append(
             TrainPlan(
-                "generalist",
+                f"{cat}-expert",
                 mix,
-                2 * steps,
+                steps,
                 lr,
-                seed + 20,
-                f"every category evenly ({mix[CATEGORIES[0]]:.0%} each), {REPLAY_SHARE:.0%} replay, "
-                "twice the steps",
+                seed + 1 + k,
+                f"{mix[cat]:.0%} {cat}, {other:.0%} each other category, {BROAD_REPLAY_SHARE:.0%} replay, "
+                "constant learning rate",
+                lr_floor=1.0,
             )
         )
-        return base, instruct, cands
-    # (first category, second, seed offset); the demo zoo adds a third mix
-    pairs = [(0, 1, 11), (1, 2, 12)] + ([(2, 3, 13)] if size.extra_candidates else [])
     for i, j, offset in pairs:
         a, b = CATEGORIES[i], CATEGORIES[j]
-        mix = _mixture((a, b))
+        mix = _broad_mixture((a, b))
+        other = mix[next(c for c in CATEGORIES if c not in (a, b))]
         cands.append(
             TrainPlan(
                 f"{a}-{b}-mix",
                 mix,
                 steps,
-                lr * 0.5,
+                lr,
                 seed + offset,
-                f"{mix[a]:.0%} each of {a} and {b}, {OTHER_SHARE:.0%} each other category, "
-                f"{REPLAY_SHARE:.0%} replay, half the learning rate",
+                f"{mix[a]:.1%} each of {a} and {b}, {other:.0%} each other category, "
+                f"{BROAD_REPLAY_SHARE:.0%} replay, constant learning rate",
+                lr_floor=1.0,
             )
         )
-    return base, instruct, cands
+    return cands
 
 
 def task_config(task_name: str, kind: str, data: Path) -> dict:
