@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -157,19 +158,7 @@ def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, T
     if pool == "default":
         return base, instruct, _broad_candidates(size, seed, pairs)
     steps, lr = size.gentle_steps, size.gentle_lr
-    cands = []
-    for k, cat in enumerate(CATEGORIES):
-        mix = _mixture((cat,))
-        cands.append(
-            TrainPlan(
-                f"{cat}-expert",
-                mix,
-                steps,
-                lr,
-                seed + 1 + k,
-                f"{mix[cat]:.0%} {cat}, {OTHER_SHARE:.0%} each other category, {REPLAY_SHARE:.0%} replay",
-            )
-        )
+    cands = _specialists(seed, steps, lr, replay=REPLAY_SHARE, other=OTHER_SHARE)
     mix = _mixture(CATEGORIES)
     cands.append(
         TrainPlan(
@@ -185,6 +174,18 @@ def plans(size: ZooSize, seed: int, pool: str = "default") -> tuple[TrainPlan, T
     return base, instruct, cands
 
 
+def _specialists(
+    seed: int, steps: int, lr: float, *, replay: float, other: float, note: str = "", **plan: Any
+) -> list[TrainPlan]:
+    """One candidate per category (`<category>-expert`), that category emphasised."""
+    out = []
+    for k, cat in enumerate(CATEGORIES):
+        mix = _mixture((cat,), replay=replay, other=other)
+        what = f"{mix[cat]:.0%} {cat}, {other:.0%} each other category, {replay:.0%} replay{note}"
+        out.append(TrainPlan(f"{cat}-expert", mix, steps, lr, seed + 1 + k, what, **plan))
+    return out
+
+
 def _broad_candidates(size: ZooSize, seed: int, pairs: list[tuple[int, int, int]]) -> list[TrainPlan]:
     """The default pool: broad fine-tunes at a constant rate, each with its own seed and data order.
 
@@ -192,22 +193,15 @@ def _broad_candidates(size: ZooSize, seed: int, pairs: list[tuple[int, int, int]
     of each of the pair, 15% of each other). All with 15% replay.
     """
     steps, lr = size.finetune_steps, size.finetune_lr
-    cands = []
-    for k, cat in enumerate(CATEGORIES):
-        mix = _broad_mixture((cat,))
-        other = mix[next(c for c in CATEGORIES if c != cat)]
-        cands.append(
-            TrainPlan(
-                f"{cat}-expert",
-                mix,
-                steps,
-                lr,
-                seed + 1 + k,
-                f"{mix[cat]:.0%} {cat}, {other:.0%} each other category, {BROAD_REPLAY_SHARE:.0%} replay, "
-                "constant learning rate",
-                lr_floor=1.0,
-            )
-        )
+    cands = _specialists(
+        seed,
+        steps,
+        lr,
+        replay=BROAD_REPLAY_SHARE,
+        other=BROAD_OTHER_SHARE,
+        note=", constant learning rate",
+        lr_floor=1.0,
+    )
     for i, j, offset in pairs:
         a, b = CATEGORIES[i], CATEGORIES[j]
         mix = _broad_mixture((a, b))
