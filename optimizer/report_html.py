@@ -236,7 +236,12 @@ def _scores_section(report: Mapping[str, Any], candidates: list[str], categories
         '<p class="note">Candidates (rows) by categories (columns); outlined cells are the category '
         "experts. Colours span each matrix's own range.</p>"
     )
-    for split, title in (("dev", "Dev split (used for every choice)"), ("test", "Test split (held out)")):
+    dev_title = (
+        "Dev split (its search part chooses the ingredients and weights, its selection part the final model)"
+        if _mapping(report.get("dev_parts"))
+        else "Dev split (used for every choice)"
+    )
+    for split, title in (("dev", dev_title), ("test", "Test split (held out)")):
         scores = _mapping(report.get(f"{split}_scores"))
         averages = _mapping(report.get(f"{split}_average"))
         if not scores:
