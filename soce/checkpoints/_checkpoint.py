@@ -109,8 +109,8 @@ class Checkpoint:
         if not isinstance(weight_map, dict) or not weight_map:
             raise CorruptCheckpointError(f"{index}: has no 'weight_map'")
         files: dict[str, SafetensorsFile] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = folder / shard
+        for shard in sorted({_shard_name(index, s) for s in weight_map.values()}):
+            shard_path = _shard_path(folder, index, shard)
             if not shard_path.is_file():
                 raise CheckpointNotFoundError(
                     f"{index}: names shard {shard!r}, which is missing from {folder}"
@@ -135,7 +135,8 @@ class Checkpoint:
 
         if entry.name == PICKLE_INDEX:
             weight_map = _read_json(entry).get("weight_map", {})
-            parts = [folder / p for p in sorted(set(weight_map.values()))]
+            names = {_shard_name(entry, s) for s in weight_map.values()}
+            parts = [_shard_path(folder, entry, p) for p in sorted(names)]
         else:
             parts = [entry]
         arrays: dict[str, np.ndarray] = {}
@@ -243,3 +244,20 @@ class Checkpoint:
 
     def __repr__(self) -> str:
         return f"Checkpoint({str(self.path)!r}, tensors={len(self.tensors)})"
+
+
+def _shard_name(index: Path, shard: object) -> str:
+    if not isinstance(shard, str) or not shard:
+        raise CorruptCheckpointError(f"{index}: a shard name in 'weight_map' is not a file name: {shard!r}")
+    return shard
+
+
+def _shard_path(folder: Path, index: Path, shard: str) -> Path:
+    """The shard file an index names, which must lie in the checkpoint's own folder (no absolute path,
+    no '..' out of it): an index is data, and must not make us read files elsewhere."""
+    path = folder / shard
+    if Path(shard).is_absolute() or not path.resolve().is_relative_to(folder.resolve()):
+        raise CorruptCheckpointError(
+            f"{index}: shard {shard!r} is outside the checkpoint folder {folder}; shards must be files in it"
+        )
+    return path

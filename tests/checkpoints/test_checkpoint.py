@@ -224,6 +224,25 @@ def test_index_naming_a_missing_shard(make_checkpoints) -> None:
     assert str(index) in str(e.value)
 
 
+@pytest.mark.parametrize("where", ["absolute", "climbs out", "not a name"])
+def test_index_naming_a_shard_outside_its_folder(make_checkpoints, where: str) -> None:
+    """An index is data: a shard it names must be a file of the checkpoint's own folder."""
+    (folder,) = make_checkpoints(1, shard_size=20_000)
+    index = folder / "model.safetensors.index.json"
+    data = json.loads(index.read_text())
+    first = sorted(set(data["weight_map"].values()))[0]
+    elsewhere = folder.parent / "elsewhere.safetensors"
+    (folder / first).rename(elsewhere)  # a real shard, moved beside the folder
+    target = {"absolute": str(elsewhere), "climbs out": "../elsewhere.safetensors", "not a name": 7}[where]
+    data["weight_map"] = {k: (target if v == first else v) for k, v in data["weight_map"].items()}
+    index.write_text(json.dumps(data))
+    with pytest.raises(CorruptCheckpointError) as e:
+        Checkpoint.open(folder)
+    assert str(index) in str(e.value)
+    message = "is not a file name" if where == "not a name" else "is outside the checkpoint folder"
+    assert message in str(e.value)
+
+
 def test_index_listing_tensor_absent_from_its_shard(make_checkpoints) -> None:
     (folder,) = make_checkpoints(1, shard_size=20_000)
     index = folder / "model.safetensors.index.json"
