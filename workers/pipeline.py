@@ -382,10 +382,6 @@ class Selected:
     trials: dict[str, int]  # contender name -> trial number
 
     @property
-    def chosen_weights(self) -> SoupWeights:
-        return self.weights[self.selection.chosen]
-
-    @property
     def soup_name(self) -> str | None:
         """The soup to write: the chosen one, else the best soup on the selection part."""
         return self.selection.chosen if self.selection.kind == "soup" else self.selection.best_soup
