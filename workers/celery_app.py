@@ -11,21 +11,8 @@ from celery import Celery
 from kombu import Queue
 
 from soce.config import Settings, get_settings
+from soce.flow import CPU, GPU, TASK_QUEUES, TaskName
 
-GPU, CPU = "gpu", "cpu"
-
-# Every task and its queue: evaluations and anything holding resident models on gpu, the rest on cpu.
-TASK_QUEUES: dict[str, str] = {
-    "soce.job.start": CPU,
-    "soce.job.score": GPU,
-    "soce.job.analyse": CPU,
-    "soce.job.search": GPU,  # builds the resident experts the first trials then find warm
-    "soce.job.trial": GPU,
-    "soce.job.finalize": GPU,  # baselines and the test split are evaluations of resident soups
-    "soce.schedules.tick": CPU,
-    "soce.schedules.notify": CPU,  # a schedule run's webhook, with its retries
-    "soce.jobs.sweep": CPU,
-}
 TICK_SECONDS = 60.0  # how often beat sends the schedules' tick (workers.schedules)
 SWEEP_SECONDS = 300.0  # how often beat sends the sweep of stalled jobs (workers.sweep)
 
@@ -46,7 +33,7 @@ def make_app(settings: Settings | None = None) -> Celery:
         worker_prefetch_multiplier=1,
         task_queues=[Queue(GPU), Queue(CPU)],
         task_default_queue=CPU,
-        task_routes={name: {"queue": queue} for name, queue in TASK_QUEUES.items()},
+        task_routes={str(name): {"queue": queue} for name, queue in TASK_QUEUES.items()},
         task_track_started=False,
         worker_hijack_root_logger=False,
         worker_send_task_events=True,  # lets the API and flower see which workers are alive
@@ -56,12 +43,12 @@ def make_app(settings: Settings | None = None) -> Celery:
         # collapses instead of running one after another
         beat_schedule={
             "schedules-tick": {
-                "task": "soce.schedules.tick",
+                "task": TaskName.SCHEDULES_TICK,
                 "schedule": TICK_SECONDS,
                 "options": {"queue": CPU, "expires": TICK_SECONDS},
             },
             "jobs-sweep": {
-                "task": "soce.jobs.sweep",
+                "task": TaskName.JOBS_SWEEP,
                 "schedule": SWEEP_SECONDS,
                 "options": {"queue": CPU, "expires": SWEEP_SECONDS},
             },

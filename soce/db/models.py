@@ -33,6 +33,8 @@ from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from soce.flow import FINISHED_STATES, JOB_STATES
+
 # Named constraints so migrations can drop and alter them on every backend.
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -42,8 +44,7 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-JOB_STATES = ("queued", "scoring", "analysing", "searching", "finalizing", "done", "failed", "cancelled")
-JOB_FINISHED_STATES = ("done", "failed", "cancelled")
+JOB_FINISHED_STATES = FINISHED_STATES
 SCHEDULE_RUN_OUTCOMES = ("running", "promoted", "not_better", "skipped", "failed")
 
 # None is SQL NULL (not JSON null), so `column IS NULL` finds every unset value
