@@ -1,15 +1,14 @@
 """Weight search with Optuna: the paper's grid, TPE, CMA-ES and NSGA-II over soup weights.
 
 Evaluation arrives as a callable (weights, categories) -> {category: dev score}; this module never
-touches a model. Trials are asked and told one by one (up to `parallel` in flight), so a study in
-any Optuna storage can be stopped and continued: finished trials are never run again, a trial left
-running by a crash is marked failed and its point asked again first. A point that rounds to weights
-already evaluated in the study reuses that result instead of evaluating again.
+touches a model. Trials are asked and told one by one, so a study in any Optuna storage can be
+stopped and continued: finished trials are never run again, a trial left running by a crash is
+marked failed and its point asked again first. A point that rounds to weights already evaluated in
+the study reuses that result instead of evaluating again.
 
-`run()` drives the whole loop in this process. The same study can instead be driven from outside,
-one trial at a time in other processes: `begin()` once, `ask_trials()` wherever the next trials are
-decided, `evaluate_trial(number)` wherever a trial runs (it tells the study; telling twice is a
-no-op), `tally()` to see what is finished and what runs. The caller serialises the asking.
+There is one way of driving a study, wherever its trials run (see WeightSearch): the service's trial
+tasks and `soce run` ask and evaluate trials through it, with one seeding policy, so a study
+continued by either asks the same trials.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 from optimizer.space import SearchSpace, SoupWeights, grid_points
-from optimizer.trial_rows import TrialRows
+from optimizer.trial_store import TrialStore
 from soce.errors import SearchError
 
 if TYPE_CHECKING:
@@ -148,30 +147,6 @@ def _seed_for(seed: int, n_trials: int) -> int:
     return int.from_bytes(digest[:4], "big")
 
 
-def abandon_trial(study: optuna.Study, number: int, reason: str, *, ask_again: bool) -> bool:
-    """Fail trial `number` if it still runs (nobody will finish it); whether it did.
-
-    With `ask_again` its point is enqueued, so the next ask of the study tries it first.
-    """
-    from optuna.exceptions import UpdateFinishedTrialError
-    from optuna.trial import TrialState
-
-    storage = study._storage
-    trial = storage.get_trial(storage.get_trial_id_from_study_id_trial_number(study._study_id, number))
-    if trial.state != TrialState.RUNNING:
-        return False
-    try:
-        storage.set_trial_user_attr(trial._trial_id, "error", reason)
-        storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
-    except UpdateFinishedTrialError:
-        return False  # it finished meanwhile: nothing was lost
-    if ask_again and trial.params:
-        study.enqueue_trial(trial.params)  # not skip_if_exists: this failed trial has them
-    again = "; its point is asked again" if ask_again else ""
-    log.info("trial %d of %s: %s; marked failed%s", number, study.study_name, reason, again)
-    return True
-
-
 def _record(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialRecord:
     attrs = trial.user_attrs
     weights = None
@@ -192,7 +167,14 @@ def _record(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialRecord:
 
 
 class WeightSearch:
-    """One study: its sampler, space and evaluation; `run()` continues it to `n_trials` finished trials."""
+    """One study: its sampler, space and evaluation; one way of driving it, wherever trials run.
+
+    `begin()` readies the study (fails the running trials nobody will finish, enqueues the start
+    points); `ask_trials()` asks the next trials where they are decided (the caller serialises the
+    asking); `evaluate_trial(number)` evaluates a trial where it runs and tells the study (telling
+    twice is a no-op); `tally()` says what is finished and what runs. The service's trial tasks and
+    `soce run` (workers.trials) call these; `run()` is the same loop in this process, for library use.
+    """
 
     def __init__(
         self,
@@ -201,7 +183,7 @@ class WeightSearch:
         evaluate: Evaluate,
         config: SearchConfig,
         *,
-        storage: str | optuna.storages.BaseStorage,
+        storage: str | optuna.storages.BaseStorage | None,
         study_name: str,
     ) -> None:
         import optuna
@@ -226,10 +208,15 @@ class WeightSearch:
             "sampler": config.sampler,
             "categories": self.categories,
         }
+        self.storage = (
+            storage
+            if isinstance(storage, optuna.storages.BaseStorage)
+            else optuna.storages.get_storage(storage)
+        )
         try:
             self.study = optuna.create_study(
                 study_name=study_name,
-                storage=storage,
+                storage=self.storage,
                 sampler=make_sampler(config, space),
                 directions=["maximize"] * (len(self.categories) if self.multi else 1),
                 load_if_exists=True,
@@ -243,21 +230,14 @@ class WeightSearch:
             raise SearchError(
                 f"study {study_name!r} was made for another search ({stored}); it cannot be continued"
             )
+        self.trials = TrialStore(self.study, self.storage)
         self._lock = threading.Lock()
-        self._rows = TrialRows(self.study)
         self._known: dict[tuple, tuple[int, dict[str, float]]] = {}
         self._best: float | None = None
 
     # bookkeeping -------------------------------------------------------------------------------
     def _objective(self, scores: Mapping[str, float]) -> float:
         return objective_of(scores, self.categories, self.config.category_weights)
-
-    def _recover(self) -> int:
-        """Fail trials a dead process left running, ask their points again; count finished trials."""
-        _, running = self.tally()
-        for t in running:
-            self._abandon(t, "left running by a process that stopped")
-        return self._load_finished()
 
     def _load_finished(self) -> int:
         """Remember the finished trials' points and the best objective; how many trials are finished."""
@@ -275,16 +255,13 @@ class WeightSearch:
                         self._best = rec.objective if self._best is None else max(self._best, rec.objective)
         return finished
 
-    def _abandon(self, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-        self._abandon_in(self.study, trial, reason)
+    def abandon(self, number: int, reason: str) -> bool:
+        """Fail running trial `number`, which nobody will finish; a sampler's point is asked again (grid
+        points are enqueued once, by the start points); whether it was running."""
+        return self.trials.fail(number, reason, ask_again=self.config.sampler != "grid")
 
-    def _abandon_in(self, study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str) -> None:
-        # as before: a sampler's point is asked again; grid points are enqueued once, by _seed_points
-        abandon_trial(study, trial.number, reason, ask_again=self.config.sampler != "grid")
-
-    def _seed_points(self, finished: int, study: optuna.Study | None = None) -> None:
+    def _seed_points(self, finished: int) -> None:
         """Enqueue the points every search starts from (none are enqueued twice)."""
-        study = study or self.study
         if finished >= self.n_trials:
             return
         if self.config.sampler == "grid":
@@ -292,35 +269,108 @@ class WeightSearch:
             order = list(range(len(grid_points(self.space.k))))
             random.Random(self.config.seed).shuffle(order)
             for idx in order[: self.n_trials]:
-                study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
+                self.study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
         elif finished == 0:
             # start from the uniform soup: a strong, known point that every sampler should beat
-            study.enqueue_trial(
+            self.study.enqueue_trial(
                 self.space.params_for([1.0 / self.space.k] * self.space.k), skip_if_exists=True
             )
 
-    def _weights(self, trial: optuna.Trial) -> SoupWeights:
+    def _suggest(self, trial: optuna.Trial) -> SoupWeights:
         if self.config.sampler == "grid":
             points = grid_points(self.space.k)
             idx = trial.suggest_categorical("grid_point", list(range(len(points))))
             return SoupWeights(self.space.experts, tuple(points[int(idx)]))
         return self.space.suggest(trial)
 
-    # one trial -----------------------------------------------------------------------------------
-    def _run_trial(self, trial: optuna.Trial, weights: SoupWeights) -> None:
+    # asking --------------------------------------------------------------------------------------
+    def tally(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:
+        """The number of finished (complete or pruned) trials and the running ones, as stored now."""
+        from optuna.trial import TrialState
+
+        trials = self.study.get_trials(
+            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+        )
+        running = [t for t in trials if t.state == TrialState.RUNNING]
+        return len(trials) - len(running), running
+
+    def begin(self, stale: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
+        """Ready the study for asking: fail the running trials `stale` names, enqueue the start points."""
+        finished, running = self.tally()
+        for t in running:
+            if stale(t):
+                self.abandon(t.number, "left running by a run that is over")
+        self._seed_points(finished)
+
+    def ask_trials(self, count: int, attrs: Mapping[str, Any] | None = None) -> list[int]:
+        """Ask `count` trials to evaluate (here or elsewhere); their numbers.
+
+        Each trial's point is chosen now, by a sampler seeded with the recipe's seed and the study's
+        size: whichever process asks, a study with the same trials asks the same next point, and a
+        sampler made afresh does not draw the same "random" start point every time.
+        """
+        numbers = []
+        for _ in range(max(count, 0)):
+            size = len(self.study.get_trials(deepcopy=False))
+            self.study.sampler = make_sampler(
+                replace(self.config, seed=_seed_for(self.config.seed, size)), self.space
+            )
+            trial = self.study.ask()
+            for key, value in (attrs or {}).items():
+                trial.set_user_attr(key, value)
+            self._suggest(trial)
+            numbers.append(trial.number)
+        return numbers
+
+    # one trial -------------------------------------------------------------------------------------
+    def evaluate_trial(self, number: int, attrs: Mapping[str, Any] | None = None) -> bool:
+        """Evaluate the running trial `number` and tell the study; False if it had finished already.
+
+        Running it again after a crash is safe: the first tell wins, a later one changes nothing.
+        An evaluation error fails the trial and is raised.
+        """
+        from optuna.exceptions import UpdateFinishedTrialError
+        from optuna.trial import TrialState
+
+        frozen = self.trials.get(number)
+        if frozen.state != TrialState.RUNNING:
+            return False
+        self._load_finished()  # points already evaluated are reused, the bound for pruning is known
+        weights = self.space.from_params(frozen.params)
+        given = {**(attrs or {}), "weights": dict(zip(weights.experts, weights.weights, strict=True))}
+        if weights.groups:
+            given["layer_weights"] = {g: list(w) for g, w in weights.groups.items()}
+        try:
+            self.trials.set_attrs(number, given)
+        except UpdateFinishedTrialError:
+            return False  # another delivery of the same trial told it first
+        try:
+            state, values, results = self._evaluate(number, weights)
+        except BaseException as e:
+            with contextlib.suppress(UpdateFinishedTrialError, ValueError):  # told by another delivery
+                self.trials.set_attrs(number, {"error": f"{type(e).__name__}: {e}"})
+                self.study.tell(number, state=TrialState.FAIL)
+            raise
+        try:
+            self.trials.set_attrs(number, results)
+        except UpdateFinishedTrialError:
+            return False
+        self.study.tell(number, values, state=state, skip_if_finished=True)
+        return True
+
+    def _evaluate(self, number: int, weights: SoupWeights) -> tuple[Any, Any, dict[str, Any]]:
+        """Scores of `weights` (reused when the study evaluated them before): (state, values, attrs)."""
         from optuna.trial import TrialState
 
         started = time.perf_counter()
-        trial.set_user_attr("weights", dict(zip(weights.experts, weights.weights, strict=True)))
-        if weights.groups:
-            trial.set_user_attr("layer_weights", {g: list(w) for g, w in weights.groups.items()})
         with self._lock:
             known = self._known.get(weights.key())
         timings: dict[str, float] = {}
         scores: dict[str, float] = {}
+        attrs: dict[str, Any] = {}
         pruned = False
         if known is not None:
-            trial.set_user_attr("reused_from", known[0])
+            attrs["reused_from"] = known[0]
             scores = dict(known[1])
         elif self.config.pruning:
             for i, cat in enumerate(self.categories):
@@ -340,235 +390,60 @@ class WeightSearch:
             part = self.evaluate(weights, self.categories)
             scores = {c: float(part[c]) for c in self.categories}
             timings.update(getattr(part, "timings", {}))
-        trial.set_user_attr("category_scores", scores)
         timings["total"] = time.perf_counter() - started
-        trial.set_user_attr("timings", timings)
+        attrs.update(category_scores=scores, timings=timings)
         if pruned:
-            trial.set_user_attr("pruned_after", list(scores))
-            trial.study.tell(trial, state=TrialState.PRUNED, skip_if_finished=True)
-            return
+            attrs["pruned_after"] = list(scores)
+            return TrialState.PRUNED, None, attrs
         objective = self._objective(scores)
-        trial.set_user_attr("objective", objective)
+        attrs["objective"] = objective
         with self._lock:
-            self._known.setdefault(weights.key(), (trial.number, scores))
+            self._known.setdefault(weights.key(), (number, scores))
             self._best = objective if self._best is None else max(self._best, objective)
         values: float | list[float] = [scores[c] for c in self.categories] if self.multi else objective
-        trial.study.tell(trial, values, skip_if_finished=True)
+        return TrialState.COMPLETE, values, attrs
 
-    def _fail(self, trial: optuna.Trial, error: BaseException) -> None:
-        from optuna.trial import TrialState
-
-        trial.set_user_attr("error", f"{type(error).__name__}: {error}")
-        trial.study.tell(trial, state=TrialState.FAIL, skip_if_finished=True)
-
-    # the loop -------------------------------------------------------------------------------------
+    # the loop in this process ----------------------------------------------------------------------
     def run(
         self, progress: Callable[[int], None] | None = None, should_stop: Callable[[], bool] | None = None
     ) -> SearchResult:
-        """Ask, evaluate and tell until `n_trials` trials are finished; an evaluation error stops it.
+        """Ask, evaluate and tell in this process until `n_trials` trials are finished (up to `parallel`
+        at once, in threads); an evaluation error stops it and is raised.
 
-        The loop asks and tells a copy of the study in memory and stores each finished trial whole, in
-        one transaction, in trial order (optimizer.trial_rows): an RDB storage otherwise commits every
-        parameter, attribute, ask and tell on its own (about ten commits a trial, 40 ms on SQLite,
-        against 2 ms in memory and a 1 ms write). A crash loses only the trials that had not finished.
+        The study is driven by this process alone: a trial found running was left by one that stopped,
+        and is failed with its point asked again first.
         """
-        from optuna.trial import TrialState
-
-        finished = self._recover()
+        self.begin(lambda _: True)
+        finished = self._load_finished()
         if progress and finished:
             progress(min(finished, self.n_trials))
         remaining = self.n_trials - finished
-        work = self._mirror()
-        self._seed_points(finished, work)
-        try:
-            if remaining > 0:
-                self._loop(work, remaining, progress, should_stop)
-        finally:
-            if work is not self.study:
-                # trials left unfinished when the loop stopped on an error are failed, so the
-                # finished ones after them can be written; a sampler's point is asked again next time
-                for t in work.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                    self._abandon_in(work, t, "left unfinished: the search stopped on an error")
-                self._write_back(work)
-        return self.result()
-
-    # the copy in memory -----------------------------------------------------------------------------
-    def _mirror(self) -> optuna.Study:
-        """An in-memory study holding the stored study's trials under the same numbers."""
-        import optuna
-
-        if isinstance(self.study._storage, optuna.storages.InMemoryStorage):
-            return self.study
-        work = optuna.create_study(
-            storage=optuna.storages.InMemoryStorage(),
-            sampler=self.study.sampler,
-            directions=self.study.directions,
-            study_name=self.study.study_name,
-        )
-        stored = sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number)
-        work.add_trials(stored)
-        self._next_write = len(stored)  # the next trial to store; those below it are stored
-        self._to_update = {t.number for t in stored if not t.state.is_finished()}
-        return work
-
-    def _write_back(self, work: optuna.Study) -> None:
-        """Store the finished trials of `work` not stored yet, in number order without gaps."""
-        if work is self.study:
-            return
-        trials = work.get_trials(deepcopy=False)
-        for t in trials:
-            if t.number in self._to_update and t.state.is_finished():
-                self._update_stored(t)
-                self._to_update.discard(t.number)
-        new = []
-        while self._next_write < len(trials) and trials[self._next_write].state.is_finished():
-            new.append(trials[self._next_write])
-            self._next_write += 1
-        self._rows.write(new)
-
-    def _update_stored(self, frozen: optuna.trial.FrozenTrial) -> None:
-        """Finish in the stored study a trial that was waiting there (enqueued before this run)."""
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
-        storage = self.study._storage
-        trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, frozen.number)
-        try:
-            if storage.get_trial(trial_id).state == TrialState.WAITING:
-                storage.set_trial_state_values(trial_id, state=TrialState.RUNNING)
-            for name, value in frozen.params.items():
-                dist = frozen.distributions[name]
-                storage.set_trial_param(trial_id, name, dist.to_internal_repr(value), dist)
-            for key, value in frozen.user_attrs.items():
-                storage.set_trial_user_attr(trial_id, key, value)
-            for key, value in frozen.system_attrs.items():
-                storage.set_trial_system_attr(trial_id, key, value)
-            storage.set_trial_state_values(trial_id, state=frozen.state, values=frozen.values)
-        except UpdateFinishedTrialError:
-            log.warning("trial %d of %s was finished elsewhere", frozen.number, self.study.study_name)
-
-    def _loop(self, work: optuna.Study, remaining: int, progress, should_stop) -> None:
-        if self.config.parallel == 1:
-            for _ in range(remaining):
-                if should_stop and should_stop():
-                    return
-                trial = work.ask()
-                try:
-                    self._run_trial(trial, self._weights(trial))
-                except BaseException as e:
-                    self._fail(trial, e)
-                    raise
-                self._write_back(work)
-                if progress:
-                    progress(1)
-            return
-        in_flight: dict[Future, Any] = {}
+        stop = should_stop or (lambda: False)
+        in_flight: dict[Future, int] = {}
         asked = 0
         with ThreadPoolExecutor(self.config.parallel, thread_name_prefix="soce-trial") as pool:
-            while asked < remaining or in_flight:
-                while (
-                    asked < remaining
-                    and len(in_flight) < self.config.parallel
-                    and not (should_stop and should_stop())
-                ):
-                    trial = work.ask()
-                    in_flight[pool.submit(self._run_trial, trial, self._weights(trial))] = trial
-                    asked += 1
-                if not in_flight:
-                    return
-                done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    trial = in_flight.pop(fut)
-                    if (err := fut.exception()) is not None:
-                        self._fail(trial, err)
-                        for other in in_flight:
-                            other.cancel()
-                        for other, other_trial in in_flight.items():  # those already running end first
-                            if not other.cancelled() and (other_err := other.exception()) is not None:
-                                self._fail(other_trial, other_err)
-                        raise err
-                    if progress:
-                        progress(1)
-                self._write_back(work)
-
-    # trials asked here and evaluated elsewhere ------------------------------------------------------
-    def tally(self) -> tuple[int, list[optuna.trial.FrozenTrial]]:
-        """The number of finished (complete or pruned) trials and the running ones, as stored now."""
-        from optuna.trial import TrialState
-
-        trials = self.study.get_trials(
-            deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-        )
-        running = [t for t in trials if t.state == TrialState.RUNNING]
-        return len(trials) - len(running), running
-
-    def begin(self, stale: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
-        """Ready a stored study for asking: fail the running trials `stale` names, enqueue start points."""
-        finished, running = self.tally()
-        for t in running:
-            if stale(t):
-                self._abandon(t, "left running by a run that is over")
-        self._seed_points(finished)
-
-    def ask_trials(self, count: int, attrs: Mapping[str, Any] | None = None) -> list[int]:
-        """Ask `count` trials to evaluate elsewhere; their numbers.
-
-        Each trial's point is chosen now (the sampler's state lives with the study, not where the trial
-        runs) and `attrs` are set on it.
-        """
-        numbers = []
-        for _ in range(max(count, 0)):
-            # a sampler made afresh in each process would draw the same "random" start point every
-            # time: seed it by the study's size, so points differ and a rerun still asks the same ones
-            size = len(self.study.get_trials(deepcopy=False))
-            self.study.sampler = make_sampler(
-                replace(self.config, seed=_seed_for(self.config.seed, size)), self.space
-            )
-            trial = self.study.ask()
-            for key, value in (attrs or {}).items():
-                trial.set_user_attr(key, value)
-            self._weights(trial)
-            numbers.append(trial.number)
-        return numbers
-
-    def _frozen(self, number: int) -> optuna.trial.FrozenTrial:
-        storage = self.study._storage
-        try:
-            trial_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        except KeyError:
-            raise SearchError(f"study {self.study.study_name!r} has no trial {number}") from None
-        return storage.get_trial(trial_id)
-
-    def evaluate_trial(self, number: int, attrs: Mapping[str, Any] | None = None) -> bool:
-        """Evaluate the running trial `number` and tell the study; False if it had finished already.
-
-        Running it again after a crash is safe: the first tell wins, a later one changes nothing.
-        An evaluation error fails the trial and is raised.
-        """
-        import optuna
-        from optuna.exceptions import UpdateFinishedTrialError
-        from optuna.trial import TrialState
-
-        frozen = self._frozen(number)
-        if frozen.state != TrialState.RUNNING:
-            return False
-        self._load_finished()  # points already evaluated are reused, the bound for pruning is known
-        try:
-            trial = optuna.Trial(self.study, frozen._trial_id)
-            for key, value in (attrs or {}).items():
-                trial.set_user_attr(key, value)
-            weights = self._weights(trial)
-        except UpdateFinishedTrialError:
-            return False
-        try:
-            self._run_trial(trial, weights)
-        except UpdateFinishedTrialError:
-            return False  # another delivery of the same trial told it first
-        except BaseException as e:
-            with contextlib.suppress(UpdateFinishedTrialError):  # told by another delivery
-                self._fail(trial, e)
-            raise
-        return True
+            try:
+                while asked < remaining or in_flight:
+                    while asked < remaining and len(in_flight) < self.config.parallel and not stop():
+                        (number,) = self.ask_trials(1)
+                        in_flight[pool.submit(self.evaluate_trial, number)] = number
+                        asked += 1
+                    if not in_flight:
+                        break
+                    done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        in_flight.pop(fut)
+                        fut.result()  # raises the evaluation's error; the trial is failed already
+                        if progress:
+                            progress(1)
+            finally:
+                for fut, number in in_flight.items():  # on an error: the others end, or never start
+                    if fut.cancel():
+                        self.abandon(number, "never evaluated: the search stopped on an error")
+                    else:
+                        with contextlib.suppress(BaseException):
+                            fut.result()
+        return self.result()
 
     def result(self) -> SearchResult:
         history = [_record(t, self.space) for t in self.study.get_trials(deepcopy=False)]
