@@ -1,12 +1,12 @@
 """Where a weight-search trial's time goes: merging into the resident model, evaluation, bookkeeping.
 
-Runs N TPE trials on the demo zoo's experts with the study in an SQLite Optuna storage, as
-`soce run` does (the loop on a copy in memory, finished trials stored by a writer thread), and
-splits the wall time of the whole search into merge (weights into the resident model), evaluation
-(lm-eval tasks on the model) and the rest (sampler, storage, ask/tell). Side by side, the same
-trials asked and evaluated one by one on the stored study, as the service's trial tasks do (every
-parameter, attribute and tell a commit in the trial's path). Target: merge plus bookkeeping at most
-5% of a trial in `soce run`.
+Runs N TPE trials on the demo zoo as `soce run` does: a job in an embedded SQLite app database, its
+search and trial tasks run in this process (workers.flow.run_task), the study in an SQLite Optuna
+storage. Splits the wall time of the search into merge (weights into the resident model), evaluation
+(lm-eval tasks on the model) and the rest: the job's bookkeeping (reading the job, the study lock,
+asking, telling, user attributes, progress). Side by side, the same trials through
+`WeightSearch.run()` on its own (the same ask, evaluate and tell calls, no job rows), which shows
+what the job adds. Target: bookkeeping at most 5% of a trial in `soce run`.
 
     python bench/trial_parts.py [--zoo DIR] [--size demo] [--trials 20]
 """
@@ -29,57 +29,92 @@ def main() -> None:
     args = ap.parse_args()
     _pipeline.quiet()
 
+    import optuna
+
     from optimizer.search import SearchConfig, WeightSearch
     from optimizer.space import SearchSpace
-    from workers.pipeline import optuna_storage
+    from soce.config import Settings
+    from soce.db import Job, get_engine, session_scope
+    from soce.db.optuna_storage import optuna_storage
+    from soce.flow import JobState, TaskName
+    from soce.schemas.run import RunRecipe
+    from workers.context import resident_soup, run_inputs
+    from workers.flow import run_task
+    from workers.local import create_local_job
+    from workers.trials import _open
 
     zoo = _pipeline.ensure_zoo(args.zoo, args.size)
-    inputs, _, analysis, resident = _pipeline.prepare(zoo, max_experts=4)
-    experts = tuple(analysis.experts.candidates)
-    resident(resident.uniform(experts), inputs.suite.category_names)  # tasks built, caches warm
-    categories = inputs.suite.category_names
-    config = SearchConfig(sampler="tpe", n_trials=args.trials, seed=0)
     with tempfile.TemporaryDirectory() as tmp:
+        settings = Settings(data_dir=Path(tmp) / "data", optuna_storage_url=f"sqlite:///{tmp}/optuna.sqlite")
+        engine = get_engine(settings.app_database_url())
+        recipe = RunRecipe(
+            candidates=[str(zoo / "candidates" / "*")],
+            suite=str(zoo / "suite.yaml"),
+            sampler="tpe",
+            n_trials=args.trials,
+            max_experts=4,
+            output=str(Path(tmp) / "out"),
+        )
+        job_id = create_local_job(engine, recipe)
+        for task in (TaskName.START, TaskName.SCORE, TaskName.ANALYSE):
+            run_task(task, [job_id], settings=settings, engine=engine)
+        ctx, analysis, search = _open(engine, settings, job_id)
+        resident = resident_soup(run_inputs(ctx.spec, settings), settings)
+        experts = tuple(analysis.experts.candidates)
+        categories = ctx.spec.suite.category_names
+        resident(resident.uniform(experts), categories)  # tasks built, caches warm
 
-        def search_in(name: str) -> WeightSearch:
-            storage = optuna_storage(url=f"sqlite:///{tmp}/{name}.sqlite")
-            space = SearchSpace(experts)
-            return WeightSearch(space, categories, resident, config, storage=storage, study_name="bench")
-
-        # as `soce run` does: the loop in memory, each finished trial stored whole in one transaction
-        search = search_in("optuna")
+        # as `soce run` does: the job's search and trial tasks, one message at a time in this process
         started = time.perf_counter()
-        result = search.run()
+        pending = [(TaskName.SEARCH, [job_id])]
+        while pending:
+            task, task_args = pending.pop(0)
+            sent = run_task(task, task_args, settings=settings, engine=engine)
+            pending += [(m.task, list(m.args)) for m in sent if m.task != TaskName.FINALIZE]
         wall = time.perf_counter() - started
-        # as a service trial task does: ask and evaluate on the stored study, every write in the path
-        stored = search_in("optuna-stored")
+        with session_scope(engine) as session:
+            state = session.get(Job, job_id).state
+        assert state == JobState.FINALIZING, state
+        job_trials = optuna.load_study(
+            study_name=search.study.study_name, storage=settings.optuna_url()
+        ).trials
+
+        # the same calls without a job: WeightSearch.run() on its own study
+        config = SearchConfig(sampler="tpe", n_trials=args.trials, seed=0)
+        alone = WeightSearch(
+            SearchSpace(experts),
+            categories,
+            resident,
+            config,
+            storage=optuna_storage(url=f"sqlite:///{tmp}/alone.sqlite"),
+            study_name="bench",
+        )
         started = time.perf_counter()
-        stored.begin(lambda t: True)
-        for _ in range(args.trials):
-            (number,) = stored.ask_trials(1)
-            stored.evaluate_trial(number)
-        stored_wall = time.perf_counter() - started
-        stored_result = stored.result()
+        alone_result = alone.run()
+        alone_wall = time.perf_counter() - started
+
     params = sum(p.numel() for p in resident.model.parameters())
     print(f"{args.trials} TPE trials of {len(experts)} experts ({params / 1e6:.2f} M parameters)")
+    alone_timings = [t.timings for t in alone_result.history]
+    job_timings = [t.user_attrs.get("timings") or {} for t in job_trials]
     fractions = {}
-    for label, res, secs_all in (
-        ("in-process loop (soce run)", result, wall),
-        ("trial by trial on the stored study (service trial tasks)", stored_result, stored_wall),
+    for label, timings, secs_all in (
+        ("soce run (job tasks in this process)", job_timings, wall),
+        ("WeightSearch.run() alone (no job rows)", alone_timings, alone_wall),
     ):
-        n = len(res.history)
-        merge = sum(t.timings.get("merge", 0.0) for t in res.history)
-        evaluate = sum(t.timings.get("evaluate", 0.0) for t in res.history)
+        n = len(timings)
+        merge = sum(t.get("merge", 0.0) for t in timings)
+        evaluate = sum(t.get("evaluate", 0.0) for t in timings)
         rest = secs_all - merge - evaluate
-        fractions[label] = (merge + rest) / secs_all
+        fractions[label] = (rest / secs_all, (merge + rest) / secs_all)
         print(f"\n{label}: {secs_all:.2f} s, {secs_all / n * 1000:.1f} ms a trial")
         for name, secs in (("merge", merge), ("evaluation", evaluate), ("bookkeeping", rest)):
             print(f"  {name:12s} {secs / n * 1000:8.1f} ms  {secs / secs_all:6.1%}")
-        print(f"  merge + bookkeeping: {fractions[label]:.1%} of a trial")
-    loop, one_by_one = fractions.values()
+    (job_rest, job_both), (alone_rest, _) = fractions.values()
     print(
-        f"\nsoce run: merge + bookkeeping {loop:.1%} of a trial (target <= 5%); "
-        f"trial by trial on the stored study {one_by_one:.1%} ({one_by_one / loop:.1f}x)"
+        f"\nsoce run: bookkeeping {job_rest:.1%} of a trial (target <= 5%), merge + bookkeeping "
+        f"{job_both:.1%}; the job's tasks cost {job_rest - alone_rest:+.1%} of a trial over "
+        "WeightSearch.run() alone"
     )
 
 

@@ -65,3 +65,23 @@ class SearchError(SoceError):
 
 class RunRecipeError(SoceError):
     """A `soce run` recipe is invalid; the message names the file and the field."""
+
+
+class JobError(SoceError):
+    """A job cannot run as submitted; its message is stored on the job."""
+
+
+class TrialFailed(JobError):
+    """A trial's evaluation raised: the trial is failed in the study, and the job with it."""
+
+
+class JobCancelled(Exception):  # noqa: N818 (a signal to stop, not an error)
+    """The job was cancelled (or deleted) while a step ran: the step stops and leaves the state as it is."""
+
+
+class ApiKeyError(SoceError):
+    """An API key cannot be created, found or revoked; the message says which."""
+
+
+class ScheduleError(SoceError):
+    """A schedule is invalid: its cron expression, recipe or candidates; the message names the field."""

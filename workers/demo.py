@@ -8,7 +8,8 @@ from pathlib import Path
 
 from soce.config import get_settings
 from soce.schemas.run import RunRecipe
-from workers.pipeline import RunResult, run_local
+from workers.finalize import RunResult
+from workers.local import run_local
 from workers.progress import Stages
 
 DEMO_TRIALS = {"tiny": 12, "demo": 30}

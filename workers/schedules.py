@@ -3,6 +3,10 @@
 Celery beat sends `soce.schedules.tick` every minute (workers.celery_app). The tick holds a PostgreSQL
 advisory lock for its transaction, so two beats (or a beat and a manual tick) never start one due time
 twice; the (schedule, due_at) unique key is the second guard. Jobs are enqueued after the commit.
+
+A run that ended is POSTed to its schedule's webhook, one try at a time (`notify`); the service tries
+again in Celery's own retries (workers.tasks.schedules_notify). Each try is recorded in the run's
+`details["webhook"]`.
 """
 
 from __future__ import annotations
@@ -13,23 +17,24 @@ import logging
 import math
 import os
 import time
-import urllib.request
 from collections.abc import Callable
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 from sqlalchemy import Engine, select, text
 from sqlalchemy.orm import Session
 
 from soce.db import crud
 from soce.db.engine import session_scope
 from soce.db.models import Candidate, Job, Schedule, ScheduleRun, Soup, Suite
+from soce.flow import TaskName
 from soce.schedules import ScheduleError, next_fire
 
 log = logging.getLogger(__name__)
 
-START_JOB_TASK = "soce.job.start"
 TICK_LOCK = 0x50CE_5C4E  # the advisory lock key of the tick
 Send = Callable[[str, list[int]], None]
 
@@ -174,8 +179,9 @@ def tick(
 ) -> list[int]:
     """Start every due enabled schedule (one run each) and judge runs whose job ended; the jobs started.
 
-    The webhooks of the runs that ended are called here, or handed to `notify_later` (the service
-    sends them as their own task, so a slow or dead webhook never holds the tick).
+    The webhooks of the runs that ended are handed to `notify_later` (the service sends them as their
+    own task, so a slow or dead webhook never holds the tick), or called here, tried again after each of
+    `webhook_delays`, when there is no `notify_later` or it fails.
     """
     started: list[int] = []
     ended: list[int] = []
@@ -210,7 +216,7 @@ def tick(
             ended = judge_finished(session, data_dir=data_dir, now=now)
     for job_id in started:  # after the commit
         try:
-            (send or _celery_send)(START_JOB_TASK, [job_id])
+            (send or _celery_send)(TaskName.START, [job_id])
         except Exception as e:
             log.error("scheduled job %d could not be enqueued: %s", job_id, e)
             with session_scope(engine) as session:
@@ -224,7 +230,7 @@ def tick(
                 continue
             except Exception as e:
                 log.error("webhook of schedule run %d could not be enqueued (%s); calling it now", run_id, e)
-        notify(engine, run_id, delays=webhook_delays)
+        notify_with_retries(engine, run_id, delays=webhook_delays)
     return started
 
 
@@ -366,34 +372,109 @@ def judge_finished(session: Session, *, data_dir: Path, now: datetime) -> list[i
 
 
 # --- webhooks ------------------------------------------------------------------------------------
-def notify(engine: Engine, run_id: int, *, delays: tuple[float, ...] = (1.0, 2.0, 4.0)) -> bool:
-    """POST the run's summary to its schedule's webhook, retried after each delay; never raises."""
+WEBHOOK_TIMEOUT_SECONDS = 5.0
+# no answer, or an answer cut short: the webhook may be up again on a later try
+_TRANSIENT = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+
+
+@dataclass(frozen=True)
+class WebhookAttempt:
+    """One POST of a run's summary: the answer's status (None without one) and why it failed, if it did."""
+
+    status: int | None
+    error: str | None
+    transient: bool  # a 5xx answer, a timeout or a connection error: a later try may succeed
+
+    @property
+    def delivered(self) -> bool:
+        return self.error is None
+
+
+def post_summary(
+    url: str, summary: dict[str, Any], *, timeout: float = WEBHOOK_TIMEOUT_SECONDS
+) -> WebhookAttempt:
+    """POST `summary` as JSON to `url` once; a 2xx answer delivers it, redirects are not followed."""
+    try:
+        response = httpx.post(url, json=summary, timeout=timeout, follow_redirects=False)
+    except _TRANSIENT as e:
+        return WebhookAttempt(None, f"{type(e).__name__}: {str(e) or 'no answer'}", transient=True)
+    except (httpx.HTTPError, httpx.InvalidURL) as e:  # a URL no try can reach (unknown scheme, say)
+        return WebhookAttempt(None, f"{type(e).__name__}: {e}", transient=False)
+    status = response.status_code
+    if response.is_success:
+        return WebhookAttempt(status, None, transient=False)
+    error = f"HTTP {status} {response.reason_phrase}".strip()
+    if response.is_redirect:
+        error += f" (redirects to {response.headers.get('location')!r}: give the final URL)"
+    return WebhookAttempt(status, error, transient=status >= 500)
+
+
+def _summary(run: ScheduleRun) -> dict[str, Any]:
+    """What a run's webhook receives; the same on every try."""
+    return {
+        # the job's verdict first: use its soup, or keep the named candidate (none if it failed)
+        "verdict": ((run.job.analysis or {}).get("verdict") if run.job is not None else None),
+        "schedule": run.schedule.name,
+        "run_id": run.id,
+        "due_at": run.due_at.isoformat(),
+        "outcome": run.outcome,
+        "job_id": run.job_id,
+        "details": {k: v for k, v in (run.details or {}).items() if k != "webhook"},
+        "error": run.error,
+    }
+
+
+def notify(
+    engine: Engine, run_id: int, *, retries_left: bool = False, timeout: float = WEBHOOK_TIMEOUT_SECONDS
+) -> WebhookAttempt | None:
+    """POST the run's summary to its schedule's webhook once and record the try; None without a webhook.
+
+    The run's `details["webhook"]` gets the number of tries, the last answer's status and error, and
+    the outcome: `delivered`, `retrying` (a transient failure with `retries_left`) or `failed` (a 4xx
+    answer, a URL that cannot work, or a transient failure on the last try). Never fails the run.
+    """
     with session_scope(engine) as session:
         run = session.get(ScheduleRun, run_id)
         if run is None or not run.schedule.webhook_url:
-            return False
-        url = run.schedule.webhook_url
-        summary = {
-            # the job's verdict first: use its soup, or keep the named candidate (none if it failed)
-            "verdict": ((run.job.analysis or {}).get("verdict") if run.job is not None else None),
-            "schedule": run.schedule.name,
-            "run_id": run.id,
-            "due_at": run.due_at.isoformat(),
-            "outcome": run.outcome,
-            "job_id": run.job_id,
-            "details": run.details,
-            "error": run.error,
+            return None
+        url, summary = run.schedule.webhook_url, _summary(run)
+    attempt = post_summary(url, summary, timeout=timeout)  # outside any transaction: it may take a while
+    retrying = attempt.transient and retries_left
+    outcome = "delivered" if attempt.delivered else "retrying" if retrying else "failed"
+    with session_scope(engine) as session:
+        run = session.get(ScheduleRun, run_id)
+        if run is None:  # deleted meanwhile: nothing to record
+            return attempt
+        tries = int(((run.details or {}).get("webhook") or {}).get("attempts", 0)) + 1
+        record = {
+            "outcome": outcome,
+            "attempts": tries,
+            "status": attempt.status,
+            "error": attempt.error,
+            "at": datetime.now(UTC).isoformat(),
         }
-    body = json.dumps(summary).encode()
-    for attempt in range(len(delays) + 1):
-        try:
-            request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
-            with urllib.request.urlopen(request, timeout=5) as response:
-                if 200 <= response.status < 300:
-                    return True
-        except Exception as e:
-            log.warning("webhook %s for schedule run %d, try %d: %s", url, run_id, attempt + 1, e)
-        if attempt < len(delays):
-            time.sleep(delays[attempt])
-    log.error("webhook %s for schedule run %d failed after %d tries", url, run_id, len(delays) + 1)
-    return False
+        run.details = {**(run.details or {}), "webhook": record}
+    if outcome == "delivered":
+        log.info("webhook %s for schedule run %d delivered (try %d)", url, run_id, tries)
+    elif outcome == "retrying":
+        log.warning(
+            "webhook %s for schedule run %d, try %d: %s; trying again", url, run_id, tries, attempt.error
+        )
+    else:
+        log.error("webhook %s for schedule run %d failed on try %d: %s", url, run_id, tries, attempt.error)
+    return attempt
+
+
+def notify_with_retries(engine: Engine, run_id: int, *, delays: tuple[float, ...] = (1.0, 2.0, 4.0)) -> bool:
+    """`notify` in this process, tried again after each of `delays` while it fails transiently; delivered?
+
+    For callers without a Celery worker to hand the webhook to; the service's task retries through
+    Celery instead (workers.tasks.schedules_notify).
+    """
+    attempt = notify(engine, run_id, retries_left=bool(delays))
+    for index, delay in enumerate(delays):
+        if attempt is None or not attempt.transient:
+            break
+        time.sleep(delay)
+        attempt = notify(engine, run_id, retries_left=index + 1 < len(delays))
+    return attempt is not None and attempt.delivered

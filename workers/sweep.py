@@ -25,20 +25,13 @@ from typing import Any
 from sqlalchemy import Engine, select, text
 
 from soce.config import Settings
-from soce.db import JOB_FINISHED_STATES, JOB_STATES, Job, session_scope
-from workers.jobs import FINALIZE_TASK, TRIAL_TASK
+from soce.db import Job, session_scope
+from soce.flow import ACTIVE_STATES, JobState, TaskName
+from workers.flow import BY_STATE
 
 log = logging.getLogger(__name__)
 
 SWEEP_LOCK = 0x50CE_5EEE  # the advisory lock key of the sweep
-SEARCH_TASK = "soce.job.search"
-STEP_TASKS = {
-    "queued": "soce.job.start",
-    "scoring": "soce.job.score",
-    "analysing": "soce.job.analyse",
-    "finalizing": FINALIZE_TASK,
-}
-ACTIVE_STATES = tuple(s for s in JOB_STATES if s not in JOB_FINISHED_STATES)
 
 Send = Callable[[str, list[int]], None]
 
@@ -62,14 +55,14 @@ Messages = list[tuple[str, list[int]]]
 
 
 def messages_for(settings: Settings, job_id: int, state: str, study_name: str | None) -> Messages:
-    """The tasks that take a job in `state` on from where it stopped."""
-    if state in STEP_TASKS:
-        return [(STEP_TASKS[state], [job_id])]
-    if state == "searching":
+    """The tasks that take a job in `state` on from where it stopped (workers.flow's table)."""
+    if state == JobState.SEARCHING:
         numbers = running_trials(settings, study_name, job_id) if study_name else []
         if numbers:
-            return [(TRIAL_TASK, [job_id, n]) for n in numbers]
-        return [(SEARCH_TASK, [job_id])]
+            return [(TaskName.TRIAL, [job_id, n]) for n in numbers]
+        return [(TaskName.SEARCH, [job_id])]
+    if state in BY_STATE:
+        return [(BY_STATE[state].task, [job_id])]
     return []
 
 
@@ -80,6 +73,7 @@ def sweep(
     stall = float(stall_seconds if stall_seconds is not None else settings.stall_seconds())
     cutoff = now - timedelta(seconds=stall)
     sent: list[tuple[int, str]] = []
+    to_send: Messages = []
     with session_scope(engine) as session:
         postgres = session.get_bind().dialect.name == "postgresql"
         if postgres:
@@ -93,9 +87,8 @@ def sweep(
             except Exception as e:  # an unreachable Optuna database must not stop the other jobs
                 log.warning("sweep: job %d (%s) stalled; its trials cannot be read: %s", job.id, job.state, e)
                 continue
-            for task, args in messages:
-                send(task, args)
-                sent.append((job.id, task))
+            to_send.extend(messages)
+            sent.extend((job.id, task) for task, _ in messages)
             idle = (now - job.updated_at).total_seconds()
             previous: dict[str, Any] = (job.progress or {}).get("sweep") or {}
             sent_names = [f"{task}{tuple(args)}" for task, args in messages]
@@ -117,4 +110,6 @@ def sweep(
                 idle,
                 ", ".join(sent_names),
             )
+    for task, args in to_send:  # after the commit: a task that starts now sees the row as updated
+        send(task, args)
     return sent

@@ -1,7 +1,7 @@
-"""Thin Celery tasks: each runs one task of a job (workers.jobs) and sends what comes next after its commit.
+"""Thin Celery tasks: each runs one task of a job (workers.flow) and sends what comes next after its commit.
 
-Queues (workers.celery_app.TASK_QUEUES): start and analyse on `cpu`; score, search, trial and
-finalize on `gpu`, where the job's candidates stay resident between tasks (workers.jobs.resident_cache).
+Queues (soce.flow.TASK_QUEUES): start and analyse on `cpu`; score, search, trial and
+finalize on `gpu`, where the job's candidates stay resident between tasks (workers.context.resident_cache).
 
 The search task asks the job's first `parallel_trials` trials and sends one trial task each; every
 trial task evaluates its trial, tells the study and sends the next trials, so up to `parallel_trials`
@@ -18,8 +18,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_process_init
 
+from soce.flow import TaskName
 from workers.celery_app import app
-from workers.jobs import run_task
+from workers.flow import run_task
 
 log = logging.getLogger(__name__)
 
@@ -40,43 +41,43 @@ def _run(task: Task, *args: int) -> list[str]:
     return [m.task for m in messages]
 
 
-@app.task(name="soce.job.start", bind=True)
+@app.task(name=TaskName.START, bind=True)
 def start_job(self: Task, job_id: int) -> list[str]:
     """Validate the job's candidates, suite and recipe; queued -> scoring."""
     return _run(self, job_id)
 
 
-@app.task(name="soce.job.score", bind=True)
+@app.task(name=TaskName.SCORE, bind=True)
 def score_job(self: Task, job_id: int) -> list[str]:
     """Score every candidate on dev and test through the score cache; scoring -> analysing."""
     return _run(self, job_id)
 
 
-@app.task(name="soce.job.analyse", bind=True)
+@app.task(name=TaskName.ANALYSE, bind=True)
 def analyse_job(self: Task, job_id: int) -> list[str]:
     """Correlations and category experts from the dev matrix; analysing -> searching."""
     return _run(self, job_id)
 
 
-@app.task(name="soce.job.search", bind=True)
+@app.task(name=TaskName.SEARCH, bind=True)
 def search_job(self: Task, job_id: int) -> list[str]:
     """Ready the job's Optuna study and send its first trials (searching)."""
     return _run(self, job_id)
 
 
-@app.task(name="soce.job.trial", bind=True)
+@app.task(name=TaskName.TRIAL, bind=True)
 def trial_job(self: Task, job_id: int, number: int) -> list[str]:
     """Evaluate one trial on the resident experts, tell the study, send the next; the last -> finalizing."""
     return _run(self, job_id, number)
 
 
-@app.task(name="soce.job.finalize", bind=True)
+@app.task(name=TaskName.FINALIZE, bind=True)
 def finalize_job(self: Task, job_id: int) -> list[str]:
     """Baselines, soup folder, test scores, report and the Soup row; finalizing -> done."""
     return _run(self, job_id)
 
 
-@app.task(name="soce.schedules.tick")
+@app.task(name=TaskName.SCHEDULES_TICK)
 def schedules_tick() -> list[int]:
     """Start the due schedules' runs and judge the runs whose job ended (sent by beat every minute)."""
     from datetime import UTC, datetime
@@ -94,26 +95,33 @@ def schedules_tick() -> list[int]:
         data_dir=settings.data_dir,
         send=_send,
         webhook_delays=delays,
-        notify_later=lambda run_id: _send(NOTIFY_TASK, [run_id]),
+        notify_later=lambda run_id: _send(TaskName.SCHEDULES_NOTIFY, [run_id]),
     )
 
 
-NOTIFY_TASK = "soce.schedules.notify"
+@app.task(name=TaskName.SCHEDULES_NOTIFY, bind=True)
+def schedules_notify(self: Task, run_id: int) -> bool:
+    """POST a finished schedule run's summary to its webhook once; delivered?
 
-
-@app.task(name=NOTIFY_TASK)
-def schedules_notify(run_id: int) -> bool:
-    """POST a finished schedule run's summary to its webhook, retried with backoff; never fails."""
+    A 5xx answer, a timeout or a connection error is tried again by Celery after the next of
+    `webhook_retry_seconds`; any other failure (a 4xx answer, say) is final. Each try is recorded on
+    the run (workers.schedules.notify); the task itself never fails.
+    """
     from soce.config import get_settings
     from soce.db import get_engine
     from workers.schedules import notify
 
     settings = get_settings()
+    delays = settings.webhook_retry_seconds
+    tries = self.request.retries  # the tries before this one
     engine = get_engine(settings.app_database_url())
-    return notify(engine, int(run_id), delays=tuple(settings.webhook_retry_seconds))
+    attempt = notify(engine, int(run_id), retries_left=tries < len(delays))
+    if attempt is not None and attempt.transient and tries < len(delays):
+        raise self.retry(countdown=delays[tries], max_retries=len(delays))
+    return attempt is not None and attempt.delivered
 
 
-@app.task(name="soce.jobs.sweep")
+@app.task(name=TaskName.JOBS_SWEEP)
 def jobs_sweep() -> list[list[Any]]:
     """Send again the task of every job that made no progress for the stall period (every 5 minutes)."""
     from datetime import UTC, datetime
@@ -129,3 +137,14 @@ def jobs_sweep() -> list[list[Any]]:
 
 def _send(task: str, args: list[int]) -> None:
     app.send_task(task, args=args)
+
+
+@app.task(name=TaskName.HASH_CANDIDATE)
+def hash_candidate(candidate_id: int) -> str | None:
+    """Store a registered candidate's content hash, or why its folder cannot be read (sent by the API)."""
+    from soce.config import get_settings
+    from soce.db import get_engine
+    from workers.candidates import hash_candidate as hash_and_store
+
+    engine = get_engine(get_settings().app_database_url())
+    return hash_and_store(engine, int(candidate_id))

@@ -13,8 +13,11 @@ is what makes crashes safe:
 - a trial task killed mid-evaluation is delivered again and evaluates the same trial again (the
   first tell wins); killed after telling, its second delivery only asks the next trials;
 - a task delivered again sends again the running trials it asked, whose messages may never have left;
-- running trials of a job that is over, or of an in-process run that stopped, are failed and their
-  points asked again when a search on the study begins (WeightSearch's recovery of a crashed run).
+- running trials of a job that is over (or asked by no job) are failed and their points asked again
+  when a search on the study begins.
+
+`soce run` runs these same tasks in its own process (workers.flow.run_job), so a study continued by
+the service or by `soce run` asks the same trials.
 """
 
 from __future__ import annotations
@@ -30,27 +33,15 @@ from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, text, update
+from cachetools import LRUCache
+from sqlalchemy import Engine, select, text, update
 
 from soce.config import Settings
-from soce.db import JOB_FINISHED_STATES, Job, session_scope
-from workers.jobs import (
-    FINALIZE_TASK,
-    TRIAL_TASK,
-    Context,
-    JobCancelled,
-    JobError,
-    JobProgress,
-    Message,
-    _merge_json,
-    _message,
-    fail_job,
-    job_state,
-    move_job,
-    read_job,
-    resident_soup,
-    run_inputs,
-)
+from soce.db import Job, session_scope
+from soce.errors import JobCancelled, TrialFailed
+from soce.flow import FINISHED_STATES, JobState, TaskName
+from workers.context import Context, Message, read_job, resident_soup, run_inputs
+from workers.jobrows import JobProgress, error_message, fail_job, job_state, merge_json, move_job
 
 if TYPE_CHECKING:
     import optuna
@@ -61,12 +52,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SEARCHING = "searching"
+SEARCHING = JobState.SEARCHING
 BY_SEARCH = "search"  # `asked_by` of the trials the search task asks; trial tasks put their number
-
-
-class TrialFailed(JobError):
-    """A trial's evaluation raised: the trial is failed in the study, and the job with it."""
 
 
 def open_search(ctx: Context, inputs: RunInputs, resident: ResidentSoup) -> tuple[Analysis, WeightSearch]:
@@ -110,12 +97,33 @@ def _worker() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+# The last job's opened search in this process: its trials on this worker (or in `soce run`) find the
+# spec read, the experts resident and the study loaded. Keyed by the job row's identity and storage.
+_opened: LRUCache = LRUCache(maxsize=1)
+_opened_lock = threading.Lock()
+
+
 def _open(engine: Engine, settings: Settings, job_id: int) -> tuple[Context, Analysis, WeightSearch]:
-    ctx = Context(engine, settings, job_id, read_job(engine, job_id, settings), JobProgress(engine, job_id))
-    inputs = run_inputs(ctx.spec, settings)
-    resident = resident_soup(inputs, settings)
-    analysis, search = open_search(ctx, replace(inputs, evaluator=resident.evaluator), resident)
-    return ctx, analysis, search
+    with session_scope(engine) as session:
+        created = session.scalar(select(Job.created_at).where(Job.id == job_id))
+    key = (engine.url.render_as_string(hide_password=False), job_id, created, settings.optuna_url())
+    with _opened_lock:
+        found = _opened.get(key)
+        if found is not None:
+            return found
+        spec = read_job(engine, job_id, settings)
+        ctx = Context(engine, settings, job_id, spec, JobProgress(engine, job_id))
+        inputs = run_inputs(ctx.spec, settings)
+        resident = resident_soup(inputs, settings)
+        analysis, search = open_search(ctx, replace(inputs, evaluator=resident.evaluator), resident)
+        _opened[key] = (ctx, analysis, search)
+        return ctx, analysis, search
+
+
+def forget_opened() -> None:
+    """Drop the opened search (tests; a process that changes its settings)."""
+    with _opened_lock:
+        _opened.clear()
 
 
 def _guarded(engine: Engine, job_id: int, what: str, body: Callable[[], list[Message]]) -> list[Message]:
@@ -126,11 +134,11 @@ def _guarded(engine: Engine, job_id: int, what: str, body: Callable[[], list[Mes
         log.info("job %d: cancelled during %s", job_id, what)
         return []
     except Exception as e:
-        if job_state(engine, job_id) == "cancelled":
-            log.info("job %d: cancelled during %s (%s)", job_id, what, _message(e))
+        if job_state(engine, job_id) == JobState.CANCELLED:
+            log.info("job %d: cancelled during %s (%s)", job_id, what, error_message(e))
             return []
         log.exception("job %d: %s failed", job_id, what)
-        fail_job(engine, job_id, f"{what}: {_message(e)}")
+        fail_job(engine, job_id, f"{what}: {error_message(e)}")
         return []
 
 
@@ -143,7 +151,7 @@ def _stale(engine: Engine, job_id: int) -> Callable[[optuna.trial.FrozenTrial], 
             return False
         if owner is None:
             return True  # a `soce run` in-process search that stopped
-        return job_state(engine, int(owner)) in (None, *JOB_FINISHED_STATES)
+        return job_state(engine, int(owner)) in (None, *FINISHED_STATES)
 
     return stale
 
@@ -160,7 +168,7 @@ def _ask(ctx: Context, search: WeightSearch, asked_by: int | str) -> tuple[list[
     finished, running = search.tally()
     mine = [t for t in running if t.user_attrs.get("job") == ctx.job_id]
     done = {"done": min(finished, budget), "total": budget, "unit": "trial", "running": len(mine)}
-    _merge_json(ctx.engine, ctx.job_id, "progress", {"search": done})
+    merge_json(ctx.engine, ctx.job_id, "progress", {"search": done})
     return asked, finished, mine
 
 
@@ -180,7 +188,7 @@ def _next(
     numbers = set(asked)
     if redelivered:  # the first delivery may have asked these and died before sending them
         numbers |= {t.number for t in mine if t.user_attrs.get("asked_by") == asked_by}
-    return [Message(TRIAL_TASK, (ctx.job_id, n)) for n in sorted(numbers)]
+    return [Message(TaskName.TRIAL, (ctx.job_id, n)) for n in sorted(numbers)]
 
 
 def _finish(ctx: Context, search: WeightSearch, asked_by: int | str) -> list[Message]:
@@ -208,12 +216,12 @@ def _finish(ctx: Context, search: WeightSearch, asked_by: int | str) -> list[Mes
         ctx.engine,
         ctx.job_id,
         from_state=SEARCHING,
-        to_state="finalizing",
+        to_state=JobState.FINALIZING,
         analysis=analysis,
         timings=timings,
     ):
         log.info("job %d: %d trials finished; finalizing", ctx.job_id, result.n_trials)
-        return [Message(FINALIZE_TASK, (ctx.job_id,))]
+        return [Message(TaskName.FINALIZE, (ctx.job_id,))]
     return []
 
 
@@ -221,13 +229,13 @@ def _after_search(
     engine: Engine, job_id: int, asked_by: int | str, state: str | None, redelivered: bool
 ) -> list[Message]:
     """A task for a job no longer searching: send finalize again if it was the one that moved it on."""
-    if state == "finalizing" and redelivered:
+    if state == JobState.FINALIZING and redelivered:
         with session_scope(engine) as session:
             job = session.get(Job, job_id)
             by = ((job.analysis or {}).get("search") or {}).get("finished_by") if job else None
         if by == asked_by:
             log.warning("job %d: %s redelivered after moving the job on; sending finalize again", job_id, by)
-            return [Message(FINALIZE_TASK, (job_id,))]
+            return [Message(TaskName.FINALIZE, (job_id,))]
     log.info("job %d is %s; %s has nothing to do", job_id, state or "missing", asked_by)
     return []
 
@@ -257,7 +265,7 @@ def run_trial(
     """A trial task: evaluate trial `number` of the job's study, tell it, send what comes next."""
     state = job_state(engine, job_id)
     if state != SEARCHING:
-        if state is not None and state != "finalizing":
+        if state is not None and state != JobState.FINALIZING:
             _give_up(engine, settings, job_id, number, state)
         return _after_search(engine, job_id, number, state, redelivered)
 
@@ -266,7 +274,7 @@ def run_trial(
         try:
             evaluated = search.evaluate_trial(number, {"worker": _worker()})
         except Exception as e:
-            raise TrialFailed(f"trial {number}: {_message(e)}") from e
+            raise TrialFailed(f"trial {number}: {error_message(e)}") from e
         log.info("job %d: trial %d %s", job_id, number, "told" if evaluated else "had finished already")
         with study_lock(engine, search.study.study_name):
             if job_state(engine, job_id) != SEARCHING:  # cancelled meanwhile: no more trials
@@ -281,7 +289,7 @@ def _give_up(engine: Engine, settings: Settings, job_id: int, number: int, state
     """The job is over: its trial is not evaluated, and fails if it is still running."""
     import optuna
 
-    from optimizer.search import abandon_trial
+    from optimizer.trial_store import TrialStore
     from workers.pipeline import optuna_storage
 
     with session_scope(engine) as session:
@@ -291,7 +299,8 @@ def _give_up(engine: Engine, settings: Settings, job_id: int, number: int, state
     if not name:
         return
     try:
-        study = optuna.load_study(study_name=name, storage=optuna_storage(settings))
-        abandon_trial(study, number, f"job {job_id} is {state}", ask_again=sampler != "grid")
+        storage = optuna_storage(settings)
+        study = optuna.load_study(study_name=name, storage=storage)
+        TrialStore(study, storage).fail(number, f"job {job_id} is {state}", ask_again=sampler != "grid")
     except Exception as e:  # the trial stays running; the next search on the study recovers it
-        log.warning("job %d: trial %d of %s not marked failed: %s", job_id, number, name, _message(e))
+        log.warning("job %d: trial %d of %s not marked failed: %s", job_id, number, name, error_message(e))

@@ -17,8 +17,9 @@ from soce.db.migrate import upgrade
 from soce.db.models import Schedule, ScheduleRun, Soup
 from soce.schemas.suite import SuiteSpec, canonical_hash
 from tests.db.conftest import postgres_url  # noqa: F401  (a fixture, used by name)
-from workers import jobs, metrics
-from workers.jobs import ResidentCache, resident_cache, run_job, run_step, run_task
+from workers import context, metrics, steps
+from workers.context import ResidentCache, resident_cache
+from workers.flow import run_job, run_step, run_task
 from workers.schedules import tick
 from workers.trials import study_lock
 
@@ -121,8 +122,8 @@ def test_candidates_without_a_hash_get_it_when_their_job_scores(engine, make_che
         rows = session.get(Job, job_id).candidates
         rows[2].content_hash = "f" * 64  # hashed already: left as it is
         ids = [c.id for c in rows]
-    assert jobs.record_candidate_hashes(engine, job_id) == 2
-    assert jobs.record_candidate_hashes(engine, job_id) == 0  # a redelivered score step changes nothing
+    assert steps.record_candidate_hashes(engine, job_id) == 2
+    assert steps.record_candidate_hashes(engine, job_id) == 0  # a redelivered score step changes nothing
     with session_scope(engine) as session:
         stored = [session.get(Candidate, i).content_hash for i in ids]
     for folder, digest in zip(folders[:2], stored, strict=False):
@@ -166,21 +167,22 @@ def test_resident_cache_drops_least_recently_used_by_bytes():
 
         return make
 
-    a = cache.get(("a",), build("a", 400))
-    assert cache.get(("a",), build("a", 400)) is a
-    cache.get(("b",), build("b", 400))
-    cache.get(("a",), build("a", 400))  # a is now the most recent
-    cache.get(("c",), build("c", 400))  # over 1000 bytes: b goes
+    a = cache.get_or_build(("a",), build("a", 400))
+    assert cache.get_or_build(("a",), build("a", 400)) is a
+    cache.get_or_build(("b",), build("b", 400))
+    cache.get_or_build(("a",), build("a", 400))  # a is now the most recent
+    cache.get_or_build(("c",), build("c", 400))  # over 1000 bytes: b goes
     assert built == ["a", "b", "c"]
-    cache.get(("a",), build("a", 400))
-    cache.get(("b",), build("b", 400))
+    cache.get_or_build(("a",), build("a", 400))
+    cache.get_or_build(("b",), build("b", 400))
     assert built == ["a", "b", "c", "b"]
-    cache.get(("big",), build("big", 4000))  # larger than the budget alone: kept, the rest dropped
-    assert cache.nbytes == 4004 and (cache.hits, cache.misses) == (3, 5)
+    cache.get_or_build(("big",), build("big", 4000))  # larger than the budget alone: kept, the rest dropped
+    assert list(cache) == [("big",)] and cache.nbytes == 1000  # counted as the whole budget
+    assert (cache.hits, cache.misses) == (3, 5)
 
 
 def test_resident_cache_budget_comes_from_the_settings(monkeypatch):
-    monkeypatch.setattr(jobs, "_resident_cache", None)
+    monkeypatch.setattr(context, "_resident_cache", None)
     monkeypatch.setenv("SOCE_RESIDENT_CACHE_GIB", "0.5")
     cache = resident_cache(Settings())
     assert cache.max_bytes == 512 << 20

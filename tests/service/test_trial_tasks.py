@@ -1,6 +1,6 @@
 """Trial tasks run one by one in this process on PostgreSQL and Redis: fan-out, redelivery, cancel.
 
-Every task is called as a worker would call it (workers.jobs.run_task) and returns the messages it
+Every task is called as a worker would call it (workers.flow.run_task) and returns the messages it
 would send, so the order of deliveries, a redelivery after a crash and a cancel in between are chosen
 by the test. The tests run in order on one app database, one Optuna database and one Redis database.
 """
@@ -18,7 +18,8 @@ from soce.config import Settings
 from soce.db import Job, Soup, create_app_engine, session_scope
 from soce.schemas.suite import SuiteSpec
 from tests.service.conftest import create_job
-from workers.jobs import Message, run_job, run_task
+from workers.context import Message
+from workers.flow import run_job, run_task
 from workers.metrics import SCORE_CACHE_HITS_KEY, SCORE_CACHE_MISSES_KEY
 
 pytestmark = pytest.mark.slow

@@ -101,14 +101,16 @@ def test_job_runs_to_done(tiny_zoo, app_engine, service_databases, worker: Worke
     assert sum(p.numel() for p in model.parameters()) > 0
     # the soup written: the chosen one, or the best on the selection part, over candidates of the job
     assert set(soup.weights["weights"]) <= set(job.analysis["scores"]["dev"]["candidates"])
-    assert soup.scores["decision"] == job.analysis["decision"] and job.analysis["verdict"]
-    selection = job.analysis["selection"]
-    written = selection["chosen"] if job.analysis["decision"]["kind"] == "soup" else selection["best_soup"]
+    stored = job.analysis["report"]  # the typed Report, as report.json holds it
+    assert soup.scores["decision"] == stored["decision"] and stored["verdict"]
+    selection = stored["selection"]
+    written = selection["chosen"] if stored["decision"]["kind"] == "soup" else selection["best_soup"]
     assert soup.lineage["source"] == written
     assert sum(soup.weights["weights"].values()) == pytest.approx(1.0)
     assert soup.content_hash and len(soup.lineage["ingredients"]) == len(soup.weights["weights"])
     assert soup.lineage["study"] == job.study_name
-    report = json.loads(Path(job.analysis["report"]["json"]).read_text())
+    report = json.loads(Path(job.analysis["files"]["json"]).read_text())
+    assert report == stored
     assert report["soup"]["test_average"] == pytest.approx(soup.scores["test_average"])
 
     # the trials are in Optuna's own database, read with Optuna's own API

@@ -1,0 +1,414 @@
+"""Finalize: the soup written, the contenders and baselines scored on test with paired intervals, and
+the typed `Report` (soce.schemas.report) built and written as report.json, report.html and CSV files.
+
+The test split is scored here only, to report: nothing chosen reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+from optimizer.bootstrap import Interval, paired_bootstrap
+from optimizer.search import SearchResult
+from optimizer.space import SoupWeights
+from soce.checkpoints import Checkpoint, check_compatibility
+from soce.errors import EvaluationError, SearchError, SoceError
+from soce.schemas import report as rs
+from soce.schemas.scores import ScoreMatrix, SuiteScores, TaskScore
+from soce.schemas.suite import SuiteSpec
+from workers.pipeline import Analysis, Baseline, Matrices, RunInputs
+from workers.progress import Stages
+from workers.resident import ResidentSoup, merge_recipe
+from workers.selecting import Selected
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Evaluated:
+    tasks: dict[str, TaskScore]
+    scores: SuiteScores
+
+    @property
+    def categories(self) -> dict[str, float]:
+        return {c: s.value for c, s in self.scores.categories.items()}
+
+
+def test_scores(resident: ResidentSoup, weights: SoupWeights, suite: SuiteSpec, label: str) -> Evaluated:
+    tasks, _ = resident.score_tasks(weights, "test", samples=True)
+    return Evaluated(
+        tasks, SuiteScores.aggregate(suite, "test", candidate=label, evaluator="soup", tasks=tasks)
+    )
+
+
+def intervals(
+    a: Evaluated, b: Evaluated, suite: SuiteSpec, *, iterations: int, level: float, seed: int
+) -> Interval:
+    structure = [(c.weight, [(t.name, t.weight) for t in c.tasks]) for c in suite.categories]
+    for ev in (a, b):
+        for t in suite.tasks:
+            if ev.tasks[t.name].samples is None:
+                raise EvaluationError(
+                    f"task {t.name!r}: the evaluator gave no per-example scores for the interval"
+                )
+    return paired_bootstrap(
+        {t: s.samples for t, s in a.tasks.items()},  # type: ignore[misc]
+        {t: s.samples for t, s in b.tasks.items()},  # type: ignore[misc]
+        structure,
+        iterations=iterations,
+        level=level,
+        seed=seed,
+    )
+
+
+def own_interval(ev: Evaluated, suite: SuiteSpec, *, iterations: int, level: float, seed: int) -> Interval:
+    """Bootstrap interval of one model's test average (its per-example scores against zeros, paired)."""
+    zeros = Evaluated(
+        {
+            name: s.model_copy(update={"samples": [0.0] * len(s.samples or [])})
+            for name, s in ev.tasks.items()
+        },
+        ev.scores,
+    )
+    return intervals(ev, zeros, suite, iterations=iterations, level=level, seed=seed)
+
+
+@dataclass
+class ExtraBaseline:
+    """A model folder scored on test beside the soup (a schedule's champion): its scores, or why not."""
+
+    name: str
+    path: Path
+    scored: Evaluated | None = None
+    error: str | None = None
+
+
+def extra_test_scores(inputs: RunInputs, name: str, folder: Path) -> ExtraBaseline:
+    """Score `folder` on test with per-example scores, as baselines are; a problem is returned, not raised.
+
+    The folder must be a checkpoint of the candidates' architecture (dtype may differ: a soup may be
+    stored in another one). It is loaded on its own, scored, and released.
+    """
+    import gc
+
+    folder = Path(folder).expanduser()
+    try:
+        if not folder.is_dir():
+            raise EvaluationError(f"{folder}: no such folder")
+        first = next(iter(inputs.paths.values()))
+        with Checkpoint.open(first) as candidate, Checkpoint.open(folder) as ckpt:
+            report = check_compatibility([candidate, ckpt], same_dtype=False)
+        if not report.ok:
+            raise EvaluationError(
+                f"{folder}: not the candidates' architecture ("
+                + "; ".join(p.message for p in report.problems[:3])
+                + ")"
+            )
+        model, tokenizer = inputs.evaluator.load_checkpoint(folder)
+        try:
+            tasks = inputs.evaluator.evaluate_model(model, tokenizer, inputs.suite, "test", samples=True)
+        finally:
+            del model
+            gc.collect()
+            _release_accelerator_memory()
+    except SoceError as e:
+        log.warning("extra baseline %s (%s) not scored: %s", name, folder, e)
+        return ExtraBaseline(name, folder, error=str(e))
+    except Exception as e:  # a broken folder must not fail the run that reports on it
+        log.exception("extra baseline %s (%s) not scored", name, folder)
+        return ExtraBaseline(name, folder, error=f"{type(e).__name__}: {e}")
+    scores = SuiteScores.aggregate(inputs.suite, "test", candidate=name, evaluator="extra", tasks=tasks)
+    return ExtraBaseline(name, folder, scored=Evaluated(tasks, scores))
+
+
+def _release_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class RunResult:
+    output: Path
+    soup_path: Path
+    report_json: Path
+    report_html: Path
+    report: rs.Report
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write `text` to `path` through a temporary file and a rename: readers see the old or the new."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _matrix(m: ScoreMatrix) -> tuple[rs.Scores, rs.Averages]:
+    scores = {
+        c: dict(zip(m.categories, row, strict=True)) for c, row in zip(m.candidates, m.values, strict=True)
+    }
+    return scores, dict(zip(m.candidates, m.average, strict=True))
+
+
+def _interval(iv: Interval) -> rs.Interval:
+    return rs.Interval(diff=iv.diff, low=iv.low, high=iv.high, level=iv.level, iterations=iv.iterations)
+
+
+def verdict_line(decision: rs.Decision) -> str:
+    """The one line that opens every output: use the soup (and by how much on test), or keep one candidate."""
+    if decision.kind == "soup":
+        iv = decision.vs_best_single
+        return (
+            f"use the soup: {100 * iv.diff:+.1f} [{100 * iv.low:+.1f}, {100 * iv.high:+.1f}] "
+            f"over {decision.best_single} on test"
+        )
+    where = "the selection split" if decision.selection_fraction else "dev (no selection split)"
+    return f"keep {decision.name}: no soup beat it on {where}"
+
+
+def search_summary(search: SearchResult) -> rs.SearchSummary:
+    return rs.SearchSummary(
+        study=search.study_name,
+        sampler=search.sampler,
+        space=search.space,
+        n_trials=search.n_trials,
+        evaluations=search.evaluations,
+        best_dev_objective=search.best.objective,
+        best_trial=search.best.number,
+        history=[rs.TrialResult.model_validate(h) for h in search.history_dicts()],
+    )
+
+
+def finalize_step(
+    inputs: RunInputs,
+    matrices: Matrices,
+    analysis: Analysis,
+    search: SearchResult,
+    baselines: Mapping[str, Baseline],
+    selected: Selected,
+    resident: ResidentSoup,
+    *,
+    stages: Stages | None = None,
+    seconds: Mapping[str, float] | None = None,
+    extra_baselines: Mapping[str, Path] | None = None,
+) -> RunResult:
+    """Write the soup, score the contenders and baselines on test, intervals, and the report.
+
+    The soup written is the chosen one, or (when the best single candidate is kept) the best soup on
+    the selection part, for inspection: its model card says it is not recommended.
+    extra_baselines: name -> model folder (a schedule's champion soup) scored on test beside the soup,
+    with a paired interval; one that is missing or cannot be scored is reported, never fatal.
+    """
+    from soce.merging import write_soup
+    from soce.report import render_report_html
+
+    stages = stages or Stages(quiet=True)
+    r, suite = inputs.recipe, inputs.suite
+    out = Path(r.output).expanduser().resolve()
+    sel = selected.selection
+    soup_name = selected.soup_name
+    if soup_name is None:
+        raise SearchError(f"study {search.study_name}: no soup was compared on the selection part")
+    weights = selected.weights[soup_name]
+    extra_baselines = dict(extra_baselines or {})
+    names = list(dict.fromkeys([*baselines, *selected.weights]))
+    total = len(names) + len(extra_baselines) + 1
+    with stages.stage("test", total=total, unit="model") as advance:
+        scored: dict[str, Evaluated] = {}
+        for name in names:
+            w = baselines[name].weights if name in baselines else selected.weights[name]
+            scored[name] = test_scores(resident, w, suite, name)
+            advance(1)
+        soup_test = scored[soup_name]
+        base_test = {name: scored[name] for name in baselines}
+        extras = []
+        for name, folder in extra_baselines.items():
+            extras.append(extra_test_scores(inputs, name, Path(folder)))
+            advance(1)
+        level, its = r.confidence, r.bootstrap_iterations
+        ci = {
+            f"vs_{name}": intervals(
+                soup_test, base_test[name], suite, iterations=its, level=level, seed=r.seed
+            )
+            for name in baselines
+        }
+        for extra in extras:
+            if extra.scored is not None:
+                ci[f"vs_{extra.name}"] = intervals(
+                    soup_test, extra.scored, suite, iterations=its, level=level, seed=r.seed
+                )
+        own = own_interval(soup_test, suite, iterations=its, level=level, seed=r.seed)
+        best = analysis.best_single
+        recommended = sel.kind == "soup"
+        decision = rs.Decision(
+            kind=sel.kind,
+            name=r.name if recommended else best,
+            source=selected.labels[sel.chosen],
+            model=str(out / "soup") if recommended else str(inputs.paths[best]),
+            test_average=scored[sel.chosen].scores.average,
+            vs_best_single=(
+                _interval(ci["vs_best_single"])
+                if recommended
+                else rs.Interval(diff=0.0, low=0.0, high=0.0, level=level, iterations=its)
+            ),
+            best_single=best,
+            reason=sel.reason,
+            selection_fraction=selected.fraction,
+        )
+        verdict = verdict_line(decision)
+        select_result = sel.result(soup_name)
+        card_scores = {
+            "dev average (search part)": selected.search_average.get(soup_name) or float("nan"),
+            "selection part average": select_result.average,
+            "test": {**soup_test.categories, "average": soup_test.scores.average},
+        }
+        card_verdict = verdict if recommended else f"{verdict}; this soup is written for inspection only"
+        soup_dir = out / "soup"
+        recipe = merge_recipe(inputs.paths, weights, groups=r.layer_groups, name=r.name, dtype=r.dtype)
+        soup = write_soup(
+            recipe, soup_dir, force=True, scores=card_scores, verdict=(recommended, card_verdict)
+        )
+        # the written folder, loaded from disk, must score what the resident soup scored
+        from_disk = inputs.evaluator.score_tasks(soup_dir, suite, "test", suite.tasks)
+        disk_avg = SuiteScores.aggregate(
+            suite, "test", candidate="soup", evaluator="x", tasks=from_disk
+        ).average
+        advance(1)
+    warnings = [*analysis.correlation.warnings, *analysis.experts.warnings]
+    if not selected.fraction:
+        warnings.append(
+            "selection_fraction is 0: the final model was chosen on the examples the search maximised, "
+            "which favours the soup (the winner's curse); keep a selection part to choose fairly"
+        )
+    warnings += [f"extra baseline {e.name} ({e.path}) was not scored: {e.error}" for e in extras if e.error]
+    if abs(disk_avg - soup_test.scores.average) > 1e-6:
+        warnings.append(
+            f"the written soup scores {disk_avg:.4f} on test from disk, the resident one "
+            f"{soup_test.scores.average:.4f} (dtype {soup.dtype})"
+        )
+    dev_s, dev_avg = _matrix(matrices.dev)
+    test_s, test_avg = _matrix(matrices.test)
+    parts = rs.DevParts()
+    if matrices.select is not None:
+        search_s, search_a = _matrix(matrices.search)
+        select_s, select_a = _matrix(matrices.select)
+        parts = rs.DevParts(
+            search_scores=search_s, search_average=search_a, select_scores=select_s, select_average=select_a
+        )
+    result = analysis.result()
+    baseline_results = {
+        name: rs.BaselineResult(
+            label=b.label,
+            members=b.members,
+            weights=dict(zip(b.weights.experts, b.weights.weights, strict=True)),
+            dev_average=b.dev_average,
+            test=base_test[name].categories,
+            test_average=base_test[name].scores.average,
+            steps=[rs.GreedyStep(**s.__dict__) for s in b.greedy.steps] if b.greedy else None,
+            evaluations=b.greedy.evaluations if b.greedy else None,
+        )
+        for name, b in baselines.items()
+    }
+    for e in extras:
+        if e.scored is not None:
+            baseline_results[e.name] = rs.BaselineResult(
+                label=e.name,
+                path=str(e.path),
+                members=[],
+                weights={},
+                dev_average=None,
+                test=e.scored.categories,
+                test_average=e.scored.scores.average,
+            )
+    report = rs.Report(
+        verdict=verdict,
+        decision=decision,
+        name=r.name,
+        suite=suite.name,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        soce_version=_version(),
+        recipe=r,
+        candidates=matrices.dev.candidates,
+        candidate_paths={k: str(v) for k, v in inputs.paths.items()},
+        categories=matrices.dev.categories,
+        dev_scores=dev_s,
+        dev_average=dev_avg,
+        dev_parts=parts,
+        test_scores=test_s,
+        test_average=test_avg,
+        correlation=result.correlation,
+        experts=result.experts,
+        expert_candidates=result.expert_candidates,
+        experts_fallback=result.experts_fallback,
+        best_single=best,
+        **weights.as_dict(),
+        search=search_summary(search),
+        selection=rs.SelectionResult(
+            **{k: v for k, v in sel.as_dict().items() if k != "contenders"},
+            fraction=selected.fraction,
+            contenders=[
+                rs.ContenderResult(
+                    **res.as_dict(),
+                    search_average=selected.search_average.get(res.name),
+                    test_average=scored[res.name].scores.average,
+                    trial=selected.trials.get(res.name),
+                    **selected.weights[res.name].as_dict(),
+                )
+                for res in sel.results
+            ],
+        ),
+        baselines=baseline_results,
+        baselines_not_scored={
+            e.name: rs.NotScored(path=str(e.path), error=e.error) for e in extras if e.error
+        },
+        soup=rs.SoupResult(
+            path=str(soup_dir),
+            source=soup_name,
+            label=selected.labels[soup_name],
+            recommended=recommended,
+            method=soup.method,
+            dtype=soup.dtype,
+            dev_average=selected.search_average.get(soup_name),
+            selection_average=select_result.average,
+            test=soup_test.categories,
+            test_average=soup_test.scores.average,
+            test_average_interval=(own.low, own.high),
+            test_average_from_disk=disk_avg,
+            intervals={k: _interval(v) for k, v in ci.items()},
+        ),
+        seconds=dict(seconds or {}),
+        warnings=warnings,
+    )
+    report_json, report_html = out / "report.json", out / "report.html"
+    write_atomic(report_json, json.dumps(report.as_json(), indent=2) + "\n")
+    write_atomic(report_html, render_report_html(report))
+    write_atomic(out / "scores-dev.csv", matrices.dev.to_csv())
+    write_atomic(out / "scores-test.csv", matrices.test.to_csv())
+    if matrices.select is not None:
+        write_atomic(out / "scores-dev-search.csv", matrices.search.to_csv())
+        write_atomic(out / "scores-dev-select.csv", matrices.select.to_csv())
+    return RunResult(out, soup_dir, report_json, report_html, report, dict(seconds or {}))
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("soce")
+    except PackageNotFoundError:
+        return "unknown"
