@@ -3,10 +3,10 @@
 A weight search evaluates the same tasks hundreds of times on one model whose weights change in
 place, so everything that does not depend on the weights is built once per process for each
 (suite, split, limit, few-shot, seed, task files) and reused: the lm-eval Task objects (datasets
-loaded, configs resolved), their documents and requests (`PreparedTask`), and in the model
-(`evaluators.batched_lm.BatchedLM`) the tokens and batches of those requests. An evaluation runs the
-forward passes, then lm-eval's own filters, per-document metrics and aggregations, as its evaluate()
-would. lm-eval, torch and transformers are imported only when a model is evaluated.
+loaded, configs resolved, here), their documents and requests (`evaluators.prepared_tasks`), and in
+the model (`evaluators.batched_lm.BatchedLM`) the tokens and batches of those requests. An evaluation
+runs the forward passes, then lm-eval's own filters, per-document metrics and aggregations, as its
+evaluate() would. lm-eval, torch and transformers are imported only when a model is evaluated.
 """
 
 from __future__ import annotations
@@ -18,20 +18,15 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import version as package_version
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from evaluators._base import Progress, TaskEvaluator
-from evaluators.task_files import (
-    declared_splits,
-    read_task_yaml,
-    string_list,
-    task_fingerprint,
-    task_index,
-)
+from evaluators.fingerprint_store import FINGERPRINTS_FILE, remembered_fingerprints
+from evaluators.prepared_tasks import PreparedTask, TaskResult, TaskSet, evaluate_prepared
+from evaluators.task_files import declared_splits, task_fingerprint, task_index
 from soce.config import Settings, get_settings
 from soce.errors import EvaluationError, SuiteError
 from soce.schemas.scores import TaskScore
@@ -64,110 +59,6 @@ def apply_offline_environment(settings: Settings | None = None) -> None:
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["TRANSFORMERS_OFFLINE"] = "1"
     os.environ["HF_HOME"] = str(settings.data_dir / "hf")
-
-
-# --- task fingerprints, remembered with the sizes and times of the files they were computed from ---
-
-FINGERPRINTS_FILE = "task-fingerprints.json"  # under the data folder: fingerprints with their file stamps
-FINGERPRINTS_KEPT = 64
-_fingerprints: dict[str, tuple[dict, tuple[str, ...]]] = {}  # suite split -> (files stamp, fingerprints)
-
-
-def _walk(folder: str) -> list[list]:
-    """[path, size, mtime] of the files under a folder, in a stable order."""
-    found = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_dir():
-            found += _walk(entry.path)
-        elif entry.is_file():
-            st = entry.stat()
-            found.append([entry.path, st.st_size, st.st_mtime_ns])
-    return found
-
-
-def _stat(path: str) -> list | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return [path, st.st_size, st.st_mtime_ns]
-
-
-def files_stamp(include_path: str | None) -> dict[str, Any] | None:
-    """Sizes and modification times of every file the fingerprints of a task folder read (None: no
-    such folder): the folder's files (YAMLs, Python helpers) and those its YAMLs name (includes and
-    their folders, data files, local dataset folders), as evaluators.task_files._config_content reads
-    them. `stamp_holds` checks it again with stat calls only, no YAML parsing or hashing.
-    """
-    if not include_path:
-        return {"folders": {}, "files": []}
-    if not os.path.isdir(include_path):
-        return None
-    folders = {include_path: _walk(include_path)}
-    files: list[list] = []
-    yamls = [p for p, _, _ in folders[include_path] if p.endswith(".yaml")]
-    seen: set[str] = set()
-    while yamls:
-        path = yamls.pop()
-        if path in seen:
-            continue
-        seen.add(path)
-        cfg = read_task_yaml(Path(path))
-        kwargs = cfg.get("dataset_kwargs")
-        data = kwargs.get("data_files") if isinstance(kwargs, dict) else None
-        named = [*string_list(cfg.get("include")), *string_list(cfg.get("dataset_path"))]
-        for refs in data.values() if isinstance(data, dict) else [data]:
-            named += string_list(refs)
-        for ref in named:
-            if ref.strip() in ("", "."):
-                continue
-            here = os.path.expanduser(ref)
-            for candidate in dict.fromkeys((here, os.path.join(os.path.dirname(path), here))):
-                found = _stat(candidate)
-                if found is None:
-                    continue
-                if os.path.isdir(candidate):
-                    folders.setdefault(candidate, _walk(candidate))
-                    continue
-                files.append(found)
-                if candidate.endswith(".yaml"):  # an include: what it names, and its folder's helpers
-                    yamls.append(candidate)
-                    parent = os.path.dirname(candidate)
-                    folders.setdefault(parent, _walk(parent))
-    return {"folders": folders, "files": files}
-
-
-def stamp_holds(stamp: dict[str, Any]) -> bool:
-    """Whether no file of a `files_stamp` changed (or appeared in, or left, its folders)."""
-    try:
-        return all(_walk(folder) == entries for folder, entries in stamp["folders"].items()) and all(
-            _stat(path) == [path, size, mtime] for path, size, mtime in stamp["files"]
-        )
-    except (OSError, KeyError, TypeError, ValueError):
-        return False
-
-
-def _read_fingerprints(store: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(store.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def _write_fingerprints(store: Path, key: str, entry: tuple[dict, tuple[str, ...]]) -> None:
-    """Add an entry to the file of remembered fingerprints (replaced atomically; best effort)."""
-    data = _read_fingerprints(store)
-    data.pop(key, None)
-    data[key] = [entry[0], list(entry[1])]
-    data = dict(list(data.items())[-FINGERPRINTS_KEPT:])
-    try:
-        store.parent.mkdir(parents=True, exist_ok=True)
-        partial = store.with_name(f".{store.name}.{os.getpid()}.{threading.get_ident()}")
-        partial.write_text(json.dumps(data))
-        os.replace(partial, store)
-    except OSError as e:
-        log.debug("cannot remember task fingerprints in %s (%s)", store, e)
 
 
 # --- lm-eval tasks, built once per process ---
@@ -245,173 +136,6 @@ def keep_part(task: Any, split_name: str, part: DevPart, *, name: str) -> None:
     task.dataset[split_name] = data.select(keep) if hasattr(data, "select") else [data[i] for i in keep]
 
 
-# --- documents and requests built once; an evaluation as lm-eval's evaluate() does it ---
-
-MEMO_PER_DOCUMENT = 16  # remembered metric results per document before a task's memo starts over
-# lm-eval's multiple-choice metrics that depend on the log-likelihoods only through which choice wins
-# (raw, per character, per byte) and the greedy flags: their results are remembered by those
-_DECISION_METRICS = {"acc", "acc_norm", "acc_bytes", "exact_match", "f1", "mcc"}
-
-
-@dataclass
-class PreparedTask:
-    """An lm-eval task's documents and requests, built once; each evaluation refills the responses.
-
-    lm-eval's evaluate() rebuilds every request and re-reads every document from the dataset on each
-    call, which costs more than a small model's forward passes; they depend only on the task, split,
-    limit and few-shot seed, all fixed for a TaskSet.
-    """
-
-    task: Any
-    docs: list[tuple[int, Any]]  # (doc_id, doc) in lm-eval's order
-    requests: list[list[Any]]  # each document's Instances, ordered as evaluate() orders them
-    # per document: the choices' lengths in characters and bytes, for multiple-choice tasks whose
-    # metrics are all decision metrics (None otherwise)
-    choice_lengths: dict[int, tuple[list[float], list[float]]] | None = None
-    takes_first: bool = False  # lm-eval gives the task its default filter (it names no filter_list)
-    memo: dict[tuple, dict[str, Any]] = field(default_factory=dict)
-
-    @classmethod
-    def build(cls, task: Any, *, limit: int | None) -> PreparedTask:
-        from lm_eval.evaluator_utils import get_sample_size
-
-        if getattr(task, "UNSAFE_CODE", False) or getattr(task, "MULTIMODAL", False):
-            raise EvaluationError(f"task {task.config.task!r} runs code or needs images: not supported")
-        limit = get_sample_size(task, limit)
-        task.build_all_requests(limit=limit, rank=0, world_size=1)  # evaluate()'s call for our options
-        docs = list(task.doc_iterator(rank=0, limit=limit, world_size=1))
-        by_doc: dict[int, list[Any]] = {}
-        for instance in task.instances:
-            by_doc.setdefault(instance.doc_id, []).append(instance)
-        for group in by_doc.values():
-            group.sort(key=lambda x: x.idx)
-        lengths = None
-        if (
-            task.OUTPUT_TYPE == "multiple_choice"
-            and not callable(task.config.process_results)
-            and set(task.aggregation()) <= _DECISION_METRICS
-        ):
-            choices = {doc_id: [str(c) for c in task.doc_to_choice(doc)] for doc_id, doc in docs}
-            lengths = {}
-            for doc_id, cs in choices.items():
-                if all(cs):  # an empty choice divides by zero: left to lm-eval
-                    chars = [float(len(c)) for c in cs]
-                    nbytes = [float(len(c.encode("utf-8"))) for c in cs]
-                    lengths[doc_id] = (chars, chars if nbytes == chars else nbytes)  # ASCII: one list
-        return cls(
-            task=task,
-            docs=docs,
-            requests=[by_doc.get(doc_id, []) for doc_id, _ in docs],
-            choice_lengths=lengths,
-            takes_first=task.config.filter_list is None,
-        )
-
-    def _memo_key(self, doc_id: int, filter_key: str, responses: list) -> tuple | None:
-        """What task.process_results depends on besides the document, when that is known to repeat:
-        which choice wins and the greedy flags (decision metrics only), or a generation's text."""
-        if self.choice_lengths is not None:
-            lengths = self.choice_lengths.get(doc_id)
-            if lengths is None or len(responses) != len(lengths[0]):
-                return None
-            try:
-                lls = [r[0] for r in responses]
-                greedy = tuple([r[1] for r in responses])
-                total = sum(lls)
-                if total != total:  # a NaN: left to lm-eval
-                    return None
-            except (TypeError, IndexError, KeyError):
-                return None
-            chars, nbytes = lengths
-            per_char = [ll / n for ll, n in zip(lls, chars, strict=True)]
-            best_char = per_char.index(max(per_char))  # numpy.argmax: the first of the largest
-            if nbytes is not chars:
-                per_byte = [ll / n for ll, n in zip(lls, nbytes, strict=True)]
-                best_byte = per_byte.index(max(per_byte))
-            else:
-                best_byte = best_char
-            return (filter_key, doc_id, lls.index(max(lls)), best_char, best_byte, greedy)
-        if all(type(r) is str for r in responses):
-            return (filter_key, doc_id, *responses)
-        return None
-
-    def score_documents(
-        self, filter_key: str, responses: list[list], raw: dict[tuple[str, str], list]
-    ) -> None:
-        """task.process_results of every document (`responses[i]` are document i's filtered responses),
-        appended to `raw` by (metric, filter); remembered where its inputs repeat (see _memo_key)."""
-        process, memo, memo_key = self.task.process_results, self.memo, self._memo_key
-        limit = MEMO_PER_DOCUMENT * max(1, len(self.docs))
-        for (doc_id, doc), answers in zip(self.docs, responses, strict=True):
-            key = memo_key(doc_id, filter_key, answers)
-            if key is None:
-                metrics = process(doc, answers)
-            elif (metrics := memo.get(key)) is None:
-                if len(memo) >= limit:
-                    memo.clear()
-                metrics = memo[key] = process(doc, answers)
-            for metric, value in metrics.items():
-                raw.setdefault((metric, filter_key), []).append(value)
-
-
-@dataclass
-class TaskSet:
-    """lm-eval Task objects for one suite split; `lock` serialises evaluations, which mutate them."""
-
-    fingerprints: tuple[str, ...]
-    tasks: dict[str, Any]
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    prepared: dict[str, PreparedTask] = field(default_factory=dict)
-
-    def prepare(self, name: str, *, seed: int, limit: int | None) -> PreparedTask:
-        """The task's documents and requests (built on first use; the caller holds `lock`)."""
-        if name not in self.prepared:
-            task = self.tasks[name]
-            task.set_fewshot_seed(seed=seed)
-            self.prepared[name] = PreparedTask.build(task, limit=limit)
-        return self.prepared[name]
-
-
-class TaskResult(NamedTuple):
-    """One task's results as lm-eval's evaluate() computes them."""
-
-    metrics: dict[str, Any]  # "acc,none", "acc_stderr,none", ... as in lm-eval's results
-    n: int  # documents scored
-    per_doc: dict[tuple[str, str], list]  # (metric, filter) -> its value on each document, in order
-
-
-def evaluate_prepared(
-    lm: Any, tasks: dict[str, PreparedTask], *, bootstrap_iters: int
-) -> dict[str, TaskResult]:
-    """What lm-eval's evaluate() does with built requests: run the model on all of them, apply the
-    filters, score each document with the task's own metrics and aggregate them."""
-    from lm_eval.evaluator_utils import _compute_task_aggregations  # evaluate()'s own aggregation
-
-    by_type: dict[str, list[Any]] = {}
-    for prepared in tasks.values():
-        for instance in prepared.task.instances:
-            instance.resps, instance.filtered_resps = [], {}
-            by_type.setdefault(instance.request_type, []).extend([instance] * instance.repeats)
-    for request_type, instances in by_type.items():
-        for response, instance in zip(getattr(lm, request_type)(instances), instances, strict=True):
-            instance.resps.append(response)
-    out = {}
-    for name, prepared in tasks.items():
-        if prepared.takes_first:  # lm-eval's default filter, "none": each request's first response
-            filtered = {"none": [[i.resps[0] for i in instances] for instances in prepared.requests]}
-        else:
-            prepared.task.apply_filters()
-            filtered = {
-                key: [[i.filtered_resps[key] for i in instances] for instances in prepared.requests]
-                for key in prepared.task.instances[0].filtered_resps
-            }
-        raw: dict[tuple[str, str], list] = {}
-        for filter_key, per_doc in filtered.items():
-            prepared.score_documents(filter_key, per_doc, raw)
-        metrics, n = _compute_task_aggregations(prepared.task, raw, bootstrap_iters)
-        out[name] = TaskResult(metrics, n, raw)
-    return out
-
-
 def _read_score(spec: TaskSpec, result: TaskResult, *, samples: bool = False) -> TaskScore:
     metrics = result.metrics
     if spec.metric not in metrics:
@@ -482,31 +206,20 @@ class LmEvalEvaluator(TaskEvaluator):
         return whole if part is None else tuple(part_fingerprint(f, part) for f in whole)
 
     def _suite_fingerprints(self, suite: SuiteSpec, split: Split) -> tuple[str, ...]:
-        """task_fingerprint of every task of the suite, computed again only when one of its files changes.
-
-        They are remembered in this process and in the data folder with the sizes and modification
-        times of the files they were computed from (`files_stamp`): checking those costs stat calls,
-        where computing them parses every task YAML (most of a score-cache hit in a fresh process).
-        """
+        """task_fingerprint of every task of the suite, computed again only when one of its files changes
+        (`evaluators.fingerprint_store`)."""
         key = json.dumps(
             [suite.include_path, suite.split_name(split), [t.name for t in suite.tasks], lm_eval_version()]
         )
-        found = _fingerprints.get(key)
-        if found is not None and stamp_holds(found[0]):
-            return found[1]
-        store = self.settings.data_dir / FINGERPRINTS_FILE
-        stored = _read_fingerprints(store).get(key)
-        if stored is not None and len(stored[1]) == len(suite.tasks) and stamp_holds(stored[0]):
-            found = _fingerprints[key] = (stored[0], tuple(stored[1]))
-            return found[1]
-        stamp = files_stamp(suite.include_path)  # before the fingerprints: a change in between shows
-        fingerprints = tuple(
-            task_fingerprint(suite, t.name, split, lm_eval_version=lm_eval_version()) for t in suite.tasks
+        return remembered_fingerprints(
+            key,
+            include_path=suite.include_path,
+            store=self.settings.data_dir / FINGERPRINTS_FILE,
+            count=len(suite.tasks),
+            compute=lambda: tuple(
+                task_fingerprint(suite, t.name, split, lm_eval_version=lm_eval_version()) for t in suite.tasks
+            ),
         )
-        if stamp is not None:
-            _fingerprints[key] = (stamp, fingerprints)
-            _write_fingerprints(store, key, (stamp, fingerprints))
-        return fingerprints
 
     def task_set(self, suite: SuiteSpec, split: Split, *, part: DevPart | None = None) -> TaskSet:
         """The suite's lm-eval tasks for `split` (only the examples of `part`, when given), built on

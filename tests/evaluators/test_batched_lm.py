@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from evaluators import LmEvalEvaluator, harness
+from evaluators import LmEvalEvaluator, fingerprint_store, harness
 from evaluators.batched_lm import BatchedLM
 from evaluators.harness import lm_eval_version
 from evaluators.task_files import task_fingerprint
@@ -217,7 +217,7 @@ def test_suite_fingerprints_follow_the_files(fresh_zoo: Zoo, monkeypatch: pytest
     assert edited[0] == first[0] and edited[1] != first[1]
     assert len(computed) == 2 * len(suite.tasks)
 
-    harness._fingerprints.clear()  # as in a fresh process: read back from the data folder
+    fingerprint_store._fingerprints.clear()  # as in a fresh process: read back from the data folder
     assert evaluator.suite_fingerprints(suite, "dev") == edited
     assert len(computed) == 2 * len(suite.tasks)
 

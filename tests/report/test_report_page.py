@@ -2,235 +2,15 @@
 
 from __future__ import annotations
 
-import random
-from collections import Counter
-from dataclasses import dataclass, field
-from html.parser import HTMLParser
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
-from optimizer.report_html import render_report_html
+from soce.report import SECTIONS, render_report_html, render_report_sections
+from tests.report.report_pages import Page, make_report
 
-VOID_TAGS = {"meta", "br", "hr", "img", "input", "link", "col", "area", "base", "source", "wbr"}
 SERIES = ("soup", "best_single", "uniform", "uniform_experts", "greedy")
-
-
-def make_report(
-    n_candidates: int,
-    n_categories: int,
-    n_trials: int,
-    *,
-    seed: int = 0,
-    candidate_names: list[str] | None = None,
-    layer_weights: bool = False,
-) -> dict[str, Any]:
-    """A realistic report.json: scores near 0.6, three experts at most, a search history with pruning."""
-    rng = random.Random(seed)
-    candidates = candidate_names or [f"llama-3.1-8b-ft-{i:02d}" for i in range(n_candidates)]
-    categories = [f"category_{k}_{'multi_turn' if k % 3 == 0 else 'live'}" for k in range(n_categories)]
-
-    def matrix(shift: float) -> dict[str, dict[str, float]]:
-        return {c: {k: round(rng.uniform(0.45, 0.8) + shift, 4) for k in categories} for c in candidates}
-
-    dev, test = matrix(0.0), matrix(-0.02)
-    dev_avg = {c: sum(dev[c].values()) / n_categories for c in candidates}
-    test_avg = {c: sum(test[c].values()) / n_categories for c in candidates}
-    pearson = {
-        a: {b: 1.0 if a == b else round(rng.uniform(-0.6, 0.95), 3) for b in categories} for a in categories
-    }
-    spearman = {
-        a: {b: 1.0 if a == b else round(rng.uniform(-0.6, 0.95), 3) for b in categories} for a in categories
-    }
-    if n_categories >= 3:  # a constant column gives no correlation
-        pearson[categories[1]][categories[2]] = pearson[categories[2]][categories[1]] = None
-    weak = categories[: min(3, n_categories)] if n_categories > 1 else []
-    experts, expert_names = [], []
-    for cat in weak or categories[:1]:
-        ranked = sorted(candidates, key=lambda c: -dev[c][cat])
-        runner = ranked[1] if len(ranked) > 1 else None
-        experts.append(
-            {
-                "category": cat,
-                "candidate": ranked[0],
-                "score": dev[ranked[0]][cat],
-                "runner_up": runner,
-                "runner_up_score": dev[runner][cat] if runner else None,
-                "margin": dev[ranked[0]][cat] - dev[runner][cat] if runner else None,
-                "reason": "best dev score in a weakly correlated category",
-            }
-        )
-        if ranked[0] not in expert_names:
-            expert_names.append(ranked[0])
-    raw = [rng.uniform(0.1, 1.0) for _ in expert_names]
-    weights = {name: w / sum(raw) for name, w in zip(expert_names, raw, strict=True)}
-    history, best = [], None
-    for number in range(n_trials):
-        state = rng.choice(["COMPLETE"] * 6 + ["PRUNED"] * 2 + ["FAIL"])
-        objective = None if state == "FAIL" else round(rng.uniform(0.55, 0.72), 4)
-        if state == "COMPLETE":
-            best = objective if best is None else max(best, objective)
-        history.append(
-            {
-                "number": number,
-                "state": state,
-                "objective": objective,
-                "best_so_far": best,
-                "weights": dict(weights),
-                "category_scores": {k: rng.uniform(0.5, 0.8) for k in categories},
-            }
-        )
-    best_trial = next(
-        (t["number"] for t in history if t["state"] == "COMPLETE" and t["objective"] == best), None
-    )
-
-    def result(label: str, members: list[str], shift: float) -> dict[str, Any]:
-        scores = {k: round(rng.uniform(0.5, 0.75) + shift, 4) for k in categories}
-        return {
-            "label": label,
-            "members": members,
-            "dev_average": round(rng.uniform(0.55, 0.75), 4),
-            "test": scores,
-            "test_average": sum(scores.values()) / n_categories,
-        }
-
-    soup = result("soup", expert_names, 0.03)
-    soup_test = soup.pop("test_average")
-    baselines = {
-        "best_single": result("best single (dev)", [max(candidates, key=dev_avg.get)], 0.0),
-        "uniform": result("uniform soup", candidates, -0.01),
-        "uniform_experts": result("uniform soup of experts", expert_names, 0.0),
-        "greedy": result("greedy soup", candidates[:2], 0.01),
-    }
-
-    def interval(baseline: float) -> dict[str, float]:
-        diff = soup_test - baseline
-        return {"diff": diff, "low": diff - 0.025, "high": diff + 0.025, "level": 0.95}
-
-    report: dict[str, Any] = {
-        "suite": "bfcl-v3",
-        "created": "2025-11-22T11:00:00+00:00",
-        "soce_version": "0.1.0",
-        "candidates": candidates,
-        "categories": categories,
-        "dev_scores": dev,
-        "dev_average": dev_avg,
-        "test_scores": test,
-        "test_average": test_avg,
-        "correlation": {
-            "pearson": pearson,
-            "spearman": spearman,
-            "tau": 0.3,
-            "absolute": False,
-            "weak_categories": weak,
-            "explanation": "tau = 0.3: categories whose scores move apart across candidates get an expert.",
-            "warnings": ["only 3 candidates: correlations are noisy"] if n_candidates <= 3 else [],
-        },
-        "experts": experts,
-        "weights": weights,
-        "search": {
-            "sampler": "tpe",
-            "space": "simplex",
-            "n_trials": n_trials,
-            "evaluations": n_trials + n_candidates * n_categories,
-            "best_dev_objective": best,
-            "best_trial": best_trial,
-            "history": history,
-        },
-        "baselines": baselines,
-        "soup": {
-            "path": "/data/soups/bfcl-v3/job-17/soup",
-            "dev_average": soup["dev_average"],
-            "test": soup["test"],
-            "test_average": soup_test,
-            "intervals": {
-                "vs_best_single": interval(baselines["best_single"]["test_average"]),
-                "vs_uniform": interval(baselines["uniform"]["test_average"]),
-            },
-        },
-        "warnings": ["the soup's test average is within the interval of the best single candidate"],
-    }
-    if layer_weights:
-        report["layer_weights"] = {
-            group: {name: 1 / len(expert_names) for name in expert_names}
-            for group in ("embeddings", "blocks_0_7", "blocks_8_15", "head")
-        }
-    return report
-
-
-@dataclass
-class Chart:
-    name: str
-    width: int
-    height: int
-    tags: Counter = field(default_factory=Counter)
-    classes: Counter = field(default_factory=Counter)
-    elements: list[tuple[str, dict[str, str]]] = field(default_factory=list)
-    texts: list[str] = field(default_factory=list)
-
-
-class Page(HTMLParser):
-    """Parses the page, checks that every element is closed in order, and collects the charts."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.stack: list[str] = []
-        self.problems: list[str] = []
-        self.charts: list[Chart] = []
-        self.in_svg = False
-        self.links: list[str] = []
-        self.text_parts: list[str] = []
-        self.tags: Counter = Counter()
-        self.feed(text)
-        self.close()
-        if self.stack:
-            self.problems.append(f"unclosed: {self.stack}")
-
-    @property
-    def text(self) -> str:
-        return " ".join(self.text_parts)
-
-    def chart(self, name: str) -> Chart:
-        found = [c for c in self.charts if c.name == name]
-        assert len(found) == 1, f"{len(found)} charts named {name!r}"
-        return found[0]
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._element(tag, attrs)
-        if tag not in VOID_TAGS:
-            self.stack.append(tag)
-
-    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        self._element(tag, attrs)
-
-    def handle_endtag(self, tag: str) -> None:
-        if not self.stack or self.stack[-1] != tag:
-            self.problems.append(f"</{tag}> closes {self.stack[-1:]} at {self.getpos()}")
-            return
-        self.stack.pop()
-        if tag == "svg":
-            self.in_svg = False
-
-    def handle_data(self, data: str) -> None:
-        self.text_parts.append(data)
-        if self.in_svg and self.stack[-1] == "text":
-            self.charts[-1].texts.append(data)
-
-    def _element(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        values = {k: v or "" for k, v in attrs}
-        self.tags[tag] += 1
-        self.links += [values[k] for k in ("src", "href", "xlink:href", "action") if k in values]
-        if tag == "svg":
-            assert not self.in_svg, "nested svg"
-            self.in_svg = True
-            size = (int(values["width"]), int(values["height"]))
-            self.charts.append(Chart(values.get("data-chart", ""), *size))
-        elif self.in_svg:
-            chart = self.charts[-1]
-            chart.tags[tag] += 1
-            chart.elements.append((tag, values))
-            for cls in values.get("class", "").split():
-                chart.classes[cls] += 1
 
 
 def render(report: dict[str, Any]) -> tuple[str, Page]:
@@ -384,7 +164,7 @@ def test_edge_cases_say_what_is_missing() -> None:
         },
         {
             "dev_scores": {"a": {"c1": 0.5, "c2": None}, "b": {"c1": 0.7}},
-            "search": {"history": [{"objective": 0.4}]},
+            "search": {"history": [{"number": 0, "state": "COMPLETE", "objective": 0.4}]},
         },
     ],
     ids=["empty", "lists-only", "nones", "partial"],
@@ -394,8 +174,9 @@ def test_partial_reports_render(report: dict[str, Any]) -> None:
     assert "SoCE report" in page.text
 
 
-@pytest.mark.parametrize("junk", [None, "junk", 3, [], {}])
-def test_any_key_may_be_missing_or_malformed(junk: Any) -> None:
+def test_any_key_may_be_missing_or_none() -> None:
+    """A report still being written (the dashboard's, while a job runs) lacks parts: the page says so."""
+
     def renders(report: dict[str, Any]) -> None:  # html.parser is slow: parse the last one only
         text = render_report_html(report)
         assert text.endswith("</html>\n") and "<script" not in text
@@ -403,19 +184,19 @@ def test_any_key_may_be_missing_or_malformed(junk: Any) -> None:
     base = make_report(4, 3, 12, layer_weights=True)
     for key in list(base):
         report = make_report(4, 3, 12, layer_weights=True)
-        report[key] = junk
+        report[key] = None
         renders(report)
         del report[key]
         renders(report)
     for section in ("search", "soup", "correlation"):
         for key in list(base[section]):
             report = make_report(4, 3, 12)
-            report[section][key] = junk
+            report[section][key] = None
             renders(report)
     report = make_report(4, 3, 12)
-    report["experts"] = [junk, {"category": None}]
-    report["search"]["history"] = [junk, {"number": "x", "state": None, "objective": "0.5"}]
-    report["baselines"]["greedy"] = junk
+    report["experts"] = [{"category": None}]
+    report["search"]["history"] = [{"number": 0, "state": None, "objective": None}]
+    report["baselines"]["greedy"] = None
     render(report)
 
 
@@ -426,8 +207,6 @@ def test_missing_optional_values_render_as_not_available() -> None:
     report["baselines"].pop("greedy")
     report["baselines"]["uniform"]["test"].pop(report["categories"][0])
     report["soup"]["dev_average"] = None
-    for trial in report["search"]["history"]:
-        trial.pop("best_so_far")  # the best-so-far line is recomputed from complete trials
     report["experts"][0].update(runner_up=None, runner_up_score=None, margin=None)
     _, page = render(report)
     bars = page.chart("baselines")
@@ -497,3 +276,48 @@ def test_the_verdict_opens_the_page_and_the_final_choice_lists_every_contender()
     assert "best single (ft-02) (chosen)" in section and "trial 4" in section and "+0.010" in section
     assert "50% of each task" in section
     assert 'id="verdict"' not in render_report_html(make_report(4, 3, 6))  # none without a decision
+
+
+def test_the_sections_are_the_pages_own() -> None:
+    """The dashboard lays out the same sections as report.html, with the same charts and tables."""
+    report = make_report(4, 3, 6)
+    report["selection"] = {"chosen": "best_single", "fraction": 0.5, "contenders": [{"name": "best_single"}]}
+    page = render_report_html(report)
+    sections = render_report_sections(report)
+    assert list(sections) == list(SECTIONS)
+    for name, html in sections.items():
+        assert html.strip().startswith("<section id=") and html.strip() in page, name
+        Page(html)  # every element closed in order
+    assert 'data-chart="history"' in sections["search"] and 'data-chart="weights"' in sections["weights"]
+
+
+def _typed(report: dict[str, Any]) -> SimpleNamespace:
+    """report.json's dict with its records as objects, as a typed report holds them (maps stay dicts)."""
+    ns, r = SimpleNamespace, dict(report)
+    r["decision"] = ns(**r["decision"])
+    r["search"] = ns(**{**r["search"], "history": [ns(**t) for t in r["search"]["history"]]})
+    r["correlation"] = ns(**r["correlation"])
+    r["experts"] = [ns(**e) for e in r["experts"]]
+    r["selection"] = ns(**{**r["selection"], "contenders": [ns(**c) for c in r["selection"]["contenders"]]})
+    r["baselines"] = {name: ns(**b) for name, b in r["baselines"].items()}
+    r["soup"] = ns(**{**r["soup"], "intervals": {k: ns(**i) for k, i in r["soup"]["intervals"].items()}})
+    r["dev_parts"] = ns(**r["dev_parts"])
+    return ns(**r)
+
+
+def test_a_typed_report_renders_like_its_json() -> None:
+    """The page reads the report's parts as attributes, so a typed report renders like report.json's dict."""
+    report = make_report(5, 4, 20, layer_weights=True)
+    report["verdict"] = "keep llama-3.1-8b-ft-02"
+    report["decision"] = {"kind": "single", "name": "llama-3.1-8b-ft-02", "model": "/ckpt/ft-02"}
+    report["dev_parts"] = {"select_scores": report["dev_scores"], "select_average": report["dev_average"]}
+    report["selection"] = {
+        "chosen": "best_single",
+        "fraction": 0.5,
+        "level": 0.95,
+        "reason": "no soup beat best single",
+        "contenders": [{"name": "best_single", "label": "best single", "kind": "single", "average": 0.6}],
+    }
+    typed = _typed(report)
+    assert isinstance(typed.search.history[0], SimpleNamespace) and isinstance(typed.dev_scores, dict)
+    assert render_report_html(typed) == render_report_html(report)
