@@ -309,13 +309,14 @@ class WeightSearch:
         size: whichever process asks, a study with the same trials asks the same next point, and a
         sampler made afresh does not draw the same "random" start point every time.
         """
-        numbers = []
+        numbers: list[int] = []
+        size = len(self.study.get_trials(deepcopy=False)) if count > 0 else 0
         for _ in range(max(count, 0)):
-            size = len(self.study.get_trials(deepcopy=False))
             self.study.sampler = make_sampler(
                 replace(self.config, seed=_seed_for(self.config.seed, size)), self.space
             )
             trial = self.study.ask()
+            size = max(size, trial.number + 1)  # a new trial, unless an enqueued one was asked
             for key, value in (attrs or {}).items():
                 trial.set_user_attr(key, value)
             self._suggest(trial)

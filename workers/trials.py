@@ -156,17 +156,24 @@ def _stale(engine: Engine, job_id: int) -> Callable[[optuna.trial.FrozenTrial], 
     return stale
 
 
-def _ask(ctx: Context, search: WeightSearch, asked_by: int | str) -> tuple[list[int], int, list[Any]]:
-    """Under the study lock: ask what the budget allows; (new numbers, finished, this job's running)."""
+def _ask(
+    ctx: Context, search: WeightSearch, asked_by: int | str
+) -> tuple[list[int], int, list[tuple[int, Any]]]:
+    """Under the study lock: ask what the budget allows.
+
+    Returns the new trial numbers, the finished count and this job's running trials as (number,
+    asked_by).
+    """
     finished, running = search.tally()
-    mine = [t for t in running if t.user_attrs.get("job") == ctx.job_id]
+    mine = [
+        (t.number, t.user_attrs.get("asked_by")) for t in running if t.user_attrs.get("job") == ctx.job_id
+    ]
     parallel, budget = ctx.spec.recipe.parallel_trials, search.n_trials
     count = min(parallel - len(mine), budget - finished - len(running))
     if not mine and finished < budget:
         count = max(count, 1)  # another job's trials on the same study must not leave this one idle
     asked = search.ask_trials(count, {"job": ctx.job_id, "asked_by": asked_by})
-    finished, running = search.tally()
-    mine = [t for t in running if t.user_attrs.get("job") == ctx.job_id]
+    mine += [(n, asked_by) for n in asked]
     done = {"done": min(finished, budget), "total": budget, "unit": "trial", "running": len(mine)}
     merge_json(ctx.engine, ctx.job_id, "progress", {"search": done})
     return asked, finished, mine
@@ -179,7 +186,7 @@ def _next(
     *,
     asked: list[int],
     finished: int,
-    mine: list[Any],
+    mine: list[tuple[int, Any]],
     redelivered: bool,
 ) -> list[Message]:
     """The trial tasks to send, or finalize once every trial is finished."""
@@ -187,7 +194,7 @@ def _next(
         return _finish(ctx, search, asked_by)
     numbers = set(asked)
     if redelivered:  # the first delivery may have asked these and died before sending them
-        numbers |= {t.number for t in mine if t.user_attrs.get("asked_by") == asked_by}
+        numbers |= {n for n, by in mine if by == asked_by}
     return [Message(TaskName.TRIAL, (ctx.job_id, n)) for n in sorted(numbers)]
 
 

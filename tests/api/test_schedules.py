@@ -132,3 +132,31 @@ def test_patch_validation_names_the_field_and_changes_nothing(
     assert "only allowed for webhook_url" in client.patch(url, json={"cron": None}, headers=writer).text
     assert client.get(url, headers=writer).json()["cron"] == created["cron"]
     assert client.patch("/v1/schedules/999", json={"enabled": True}, headers=writer).status_code == 404
+
+
+def test_cron_takes_month_and_day_names_and_shortcuts(client: TestClient, writer: dict[str, str]) -> None:
+    suite = make_suite(client, writer)
+    r = client.post("/v1/schedules", json=_body(suite["id"], cron="@daily", timezone="UTC"), headers=writer)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    next_run = datetime.fromisoformat(created["next_run_at"])
+    assert created["cron"] == "@daily" and (next_run.hour, next_run.minute) == (0, 0)
+
+    url = f"/v1/schedules/{created['id']}"
+    r = client.patch(url, json={"cron": "30 6 * jan-mar,dec MON-fri"}, headers=writer)
+    assert r.status_code == 200, r.text
+    next_run = datetime.fromisoformat(r.json()["next_run_at"])
+    assert next_run.weekday() < 5 and next_run.month in (1, 2, 3, 12)
+    assert (next_run.hour, next_run.minute) == (6, 30)
+
+    bad_name = client.patch(url, json={"cron": "0 6 * * funday"}, headers=writer)
+    assert _error_locs(bad_name) == [["body", "cron"]]
+    assert "day of week field 'funday'" in bad_name.json()["detail"][0]["msg"]
+    bad_shortcut = client.post(
+        "/v1/schedules", json=_body(suite["id"], name="x", cron="@reboot"), headers=writer
+    )
+    assert _error_locs(bad_shortcut) == [["body", "cron"]]
+    assert "unknown shortcut" in bad_shortcut.json()["detail"][0]["msg"]
+    never = client.patch(url, json={"cron": "0 0 30 feb *"}, headers=writer)
+    assert _error_locs(never) == [["body", "cron"]] and "never fires" in never.text
+    assert client.get(url, headers=writer).json()["cron"] == "30 6 * jan-mar,dec MON-fri"

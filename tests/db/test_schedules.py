@@ -18,7 +18,7 @@ from soce.db import create_app_engine
 from soce.db.engine import session_scope
 from soce.db.migrate import upgrade
 from soce.db.models import Candidate, Job, Schedule, ScheduleRun, Soup, Suite
-from workers.schedules import gate, notify, tick
+from workers.schedules import gate, notify, notify_with_retries, tick
 
 NOW = datetime(2026, 11, 22, 2, 0, tzinfo=UTC)
 FAST = (0.05, 0.1, 0.2)
@@ -336,6 +336,12 @@ class _Hook(BaseHTTPRequestHandler):
         pass
 
 
+def _webhook(engine: Engine) -> dict:
+    """What the run records about its webhook (`details["webhook"]`)."""
+    with session_scope(engine) as session:
+        return dict(session.scalars(select(ScheduleRun)).one().details["webhook"])
+
+
 def test_webhook_retries_and_a_dead_one_does_not_fail_the_run(engine: Engine, tmp_path: Path) -> None:
     server = HTTPServer(("127.0.0.1", 0), _Hook)
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -348,13 +354,19 @@ def test_webhook_retries_and_a_dead_one_does_not_fail_the_run(engine: Engine, tm
         assert [b["outcome"] for b in _Hook.bodies] == ["promoted"]
         assert _Hook.bodies[0]["schedule"] == "nightly" and _Hook.bodies[0]["job_id"] == job_id
         assert next(iter(_Hook.bodies[0])) == "verdict"  # none here: these jobs are rows, not runs
+        assert "webhook" not in _Hook.bodies[0]["details"]
+        recorded = _webhook(engine)
+        assert (recorded["outcome"], recorded["attempts"], recorded["status"]) == ("delivered", 3, 204)
     finally:
         server.shutdown()
         server.server_close()
     with session_scope(engine) as session:  # nobody listens there any more
         run = session.scalars(select(ScheduleRun)).one()
         run_id = run.id
-    assert notify(engine, run_id, delays=FAST) is False
+    assert notify_with_retries(engine, run_id, delays=FAST) is False  # a refused connection is retried
+    recorded = _webhook(engine)
+    assert (recorded["outcome"], recorded["attempts"], recorded["status"]) == ("failed", 3 + 4, None)
+    assert "ConnectError" in recorded["error"]
     assert _runs(engine)[0][0] == "promoted"
 
 
@@ -374,7 +386,8 @@ def test_the_service_sends_webhooks_as_their_own_task(engine: Engine, tmp_path: 
         tick(engine, NOW + timedelta(minutes=1), data_dir=tmp_path, send=none, notify_later=later.append)
         assert _Hook.bodies == []  # the tick only handed the run on
         [run_id] = later
-        assert notify(engine, run_id, delays=FAST) is True
+        attempt = notify(engine, run_id)
+        assert attempt is not None and attempt.delivered and attempt.status == 204
         assert [(b["run_id"], b["outcome"]) for b in _Hook.bodies] == [(run_id, "promoted")]
 
         def broken(_run_id: int) -> None:
@@ -425,6 +438,12 @@ def test_cli_create_and_list(postgres_url: str, engine: Engine) -> None:
     with session_scope(engine) as session:
         row = session.scalars(select(Schedule)).one()
         assert (row.cron, row.enabled, row.promotion_policy["min_improvement"]) == ("15 4 * * *", False, 0.02)
+    named = runner.invoke(app, [*update, "--cron", "0 6 * * mon-fri"])
+    assert named.exit_code == 0 and "'0 6 * * mon-fri'" in named.output, named.output
+    shortcut = runner.invoke(app, [*update, "--cron", "@weekly"])
+    assert shortcut.exit_code == 0 and "'@weekly'" in shortcut.output, shortcut.output
+    bad = runner.invoke(app, [*update, "--cron", "0 6 * * funday"])
+    assert bad.exit_code != 0 and "day of week" in bad.output and "Traceback" not in bad.output
     bad = runner.invoke(app, [*update, "--timezone", "Mars/Base"])
     assert bad.exit_code != 0 and "Mars/Base" in bad.output
     missing = runner.invoke(app, ["schedule", "update", "weekly", "--database-url", postgres_url, "--enable"])
