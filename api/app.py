@@ -13,8 +13,8 @@ from fastapi.staticfiles import StaticFiles
 
 from api.broker import JobQueue
 from api.errors import install_error_handlers
-from api.optuna_tables import OptunaTables
 from api.routes import candidates, dashboard, health, jobs, schedules, soups, suites
+from api.trials import OptunaStudies
 from soce import __version__
 from soce.config import Settings, get_settings
 from soce.db.engine import get_engine
@@ -28,7 +28,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """A new app on `settings` (default: the environment's); nothing connects until a request needs it."""
     settings = settings or get_settings()
     queue = JobQueue(settings.broker_url, visibility_timeout=settings.visibility_timeout)
-    optuna = OptunaTables(settings.optuna_url())
+    optuna = OptunaStudies(settings.optuna_url())
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

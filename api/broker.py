@@ -1,7 +1,7 @@
 """The broker seen from the API: enqueue by task name, ping Redis and workers, count queued messages.
 
-The API registers no tasks and imports no worker code: Celery sends a message named
-`soce.job.start` to the `cpu` queue, and whichever worker knows that name runs it.
+The API registers no tasks and imports no worker code: Celery sends a message named, say,
+`soce.job.start` to that task's queue (soce.flow), and whichever worker knows that name runs it.
 """
 
 from __future__ import annotations
@@ -9,9 +9,8 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-QUEUES = ("gpu", "cpu")
-START_JOB_TASK = "soce.job.start"
-START_JOB_QUEUE = "cpu"
+from soce.flow import QUEUES, TASK_QUEUES, TaskName
+
 # Score cache counters the workers INCR in Redis (hits and misses); /metrics reports them.
 SCORE_CACHE_HITS_KEY = "soce:metrics:score_cache_hits"
 SCORE_CACHE_MISSES_KEY = "soce:metrics:score_cache_misses"
@@ -58,11 +57,20 @@ class JobQueue:
             )
         return self._redis
 
+    def _send(self, task: TaskName, row_id: int) -> str:
+        """Send `task(row_id)` to the task's queue without retrying; returns the task id."""
+        result = self.celery.send_task(str(task), args=[row_id], queue=TASK_QUEUES[task], retry=False)
+        log.info("enqueued %s(%d) as %s", task, row_id, result.id)
+        return str(result.id)
+
     def start_job(self, job_id: int) -> str:
         """Send `soce.job.start(job_id)` to the cpu queue; returns the task id. Call after the commit."""
-        result = self.celery.send_task(START_JOB_TASK, args=[job_id], queue=START_JOB_QUEUE, retry=False)
-        log.info("enqueued %s(%d) as %s", START_JOB_TASK, job_id, result.id)
-        return str(result.id)
+        return self._send(TaskName.START, job_id)
+
+    def hash_candidate(self, candidate_id: int) -> str:
+        """Send `soce.candidates.hash(candidate_id)` to the cpu queue; returns the task id. Call after
+        the commit."""
+        return self._send(TaskName.HASH_CANDIDATE, candidate_id)
 
     def ping(self) -> None:
         """Raise if Redis cannot be reached."""

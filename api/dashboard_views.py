@@ -1,43 +1,24 @@
 """What the dashboard's pages show, read from the job rows the workers write; charts as inline SVG.
 
-The charts are the local report's (optimizer/report_html.py, standard library only). That module is
-loaded from its file, not through the `optimizer` package, whose __init__ imports Optuna: the API
-process stays free of it.
+The job page's charts and tables are report.html's own sections (`soce.report`, which imports neither
+Optuna nor torch).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from datetime import UTC, datetime
-from functools import cache
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from api.optuna_tables import OptunaTables
+from api.trials import OptunaStudies
 from soce.db.models import JOB_FINISHED_STATES, Candidate, Job, Schedule, Soup
+from soce.report import render_report_sections
 
 STAGES = ("scoring", "analysing", "searching", "finalizing", "done")
-
-
-@cache
-def report_charts() -> ModuleType:
-    """optimizer/report_html.py as a module of its own (it imports nothing but the standard library)."""
-    name = "soce_dashboard_report_html"
-    if name in sys.modules:
-        return sys.modules[name]
-    path = Path(__file__).resolve().parent.parent / "optimizer" / "report_html.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module
 
 
 def age(when: datetime | None, now: datetime | None = None) -> str:
@@ -70,7 +51,7 @@ def progress_bars(progress: dict[str, Any] | None) -> list[dict[str, Any]]:
     return bars
 
 
-def best_dev(job: Job, optuna: OptunaTables) -> float | None:
+def best_dev(job: Job, optuna: OptunaStudies) -> float | None:
     """The best dev objective so far: the search's summary, or while searching Optuna's best trial."""
     search = (job.analysis or {}).get("search") or {}
     if search.get("best_dev_objective") is not None:
@@ -82,7 +63,7 @@ def best_dev(job: Job, optuna: OptunaTables) -> float | None:
     return None
 
 
-def job_rows(session: Session, optuna: OptunaTables, *, limit: int = 100) -> list[dict[str, Any]]:
+def job_rows(session: Session, optuna: OptunaStudies, *, limit: int = 100) -> list[dict[str, Any]]:
     """The newest jobs with what the jobs table shows."""
     jobs = session.scalars(select(Job).order_by(Job.id.desc()).limit(limit)).all()
     return [
@@ -140,16 +121,15 @@ def _matrix_scores(matrix: dict[str, Any] | None) -> tuple[dict[str, dict[str, f
     return scores, dict(zip(cands, averages, strict=False))
 
 
-def trial_history(job: Job, optuna: OptunaTables) -> list[dict[str, Any]]:
+def trial_history(job: Job, optuna: OptunaStudies) -> list[dict[str, Any]]:
     """The job's trials from Optuna's database as the report's history (number, state, objective)."""
     if not job.study_name:
         return []
-    found = optuna.study(job.study_name)
+    found = optuna.trials(job.study_name, limit=5000)
     if found is None:
         return []
-    trials, _ = optuna.trials(found[0], limit=5000)
     history, running = [], None
-    for t in trials:
+    for t in found.items:
         if t["user_attrs"].get("job") not in (None, job.id):
             continue  # a study shared by jobs with the same recipe: only this job's trials
         value = (t["values"] or [None])[0]
@@ -161,7 +141,7 @@ def trial_history(job: Job, optuna: OptunaTables) -> list[dict[str, Any]]:
     return history
 
 
-def job_report(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, Any]:
+def job_report(job: Job, soup: Soup | None, optuna: OptunaStudies) -> dict[str, Any]:
     """The job as the local report's dict: its report.json when written, else what the rows hold so far."""
     analysis = job.analysis or {}
     path = (analysis.get("report") or {}).get("json")
@@ -200,23 +180,13 @@ def job_report(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, A
     return report
 
 
-def job_sections(job: Job, soup: Soup | None, optuna: OptunaTables) -> dict[str, str]:
-    """The job page's charts and tables as HTML (escaped inline SVG), from the report's section drawers."""
-    charts = report_charts()
+def job_sections(job: Job, soup: Soup | None, optuna: OptunaStudies) -> dict[str, str]:
+    """The job page's charts and tables as HTML (escaped inline SVG): report.html's sections."""
     report = job_report(job, soup, optuna)
     history = trial_history(job, optuna)
     if history:  # the live trials beat a report's copy while the search runs
         report["search"] = {**(report.get("search") or {}), "history": history}
-    candidates, categories = charts._candidates_and_categories(report)
-    return {
-        "scores": charts._scores_section(report, candidates, categories),
-        "correlation": charts._correlation_section(report, categories),
-        "experts": charts._experts_section(report),
-        "search": charts._search_section(report),
-        "weights": charts._weights_section(report),
-        "selection": charts._selection_section(report),
-        "baselines": charts._baselines_section(report, categories),
-    }
+    return render_report_sections(report)
 
 
 def candidate_rows(session: Session) -> tuple[list[dict[str, Any]], list[str]]:

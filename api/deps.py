@@ -1,4 +1,4 @@
-"""Typed dependencies: the request's database session, settings, queue and Optuna tables."""
+"""Typed dependencies: the request's database session, settings, queue and Optuna's studies."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from sqlalchemy.orm import Session
 
 from api.broker import JobQueue
-from api.optuna_tables import OptunaTables
+from api.trials import OptunaStudies
 from soce.config import Settings
 
 
@@ -40,11 +40,11 @@ async def get_queue(request: Request) -> JobQueue:
     return request.app.state.queue
 
 
-async def get_optuna(request: Request) -> OptunaTables:
+async def get_optuna(request: Request) -> OptunaStudies:
     return request.app.state.optuna
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 SettingsDep = Annotated[Settings, Depends(get_settings_dep)]
 QueueDep = Annotated[JobQueue, Depends(get_queue)]
-OptunaDep = Annotated[OptunaTables, Depends(get_optuna)]
+OptunaDep = Annotated[OptunaStudies, Depends(get_optuna)]

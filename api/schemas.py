@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -11,14 +11,16 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
-    field_validator,
     model_serializer,
     model_validator,
 )
 
 from soce.db.models import JOB_STATES, Candidate, Job, Schedule, ScheduleRun, Soup, Suite
-from soce.schedules import ScheduleError, next_fire, time_zone
 from soce.schemas.run import RunRecipe
+from soce.schemas.schedule import CandidateSource as CandidateSource
+from soce.schemas.schedule import PromotionPolicy as PromotionPolicy
+from soce.schemas.schedule import ScheduleCreate as ScheduleCreate
+from soce.schemas.schedule import ScheduleUpdate as ScheduleUpdate
 from soce.schemas.suite import SuiteSpec
 
 Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
@@ -300,123 +302,7 @@ class Health(BaseModel):
 
 
 # --- schedules -------------------------------------------------------------------------------
-class CandidateSource(BaseModel):
-    """Where a scheduled run finds its candidates: checkpoint folders matching a glob, or a tag."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    glob: str | None = Field(None, description="absolute glob of checkpoint folders, registered when new")
-    tag: Tag | None = Field(None, description="registered candidates carrying this tag")
-
-    @model_validator(mode="after")
-    def _one(self) -> CandidateSource:
-        if (self.glob is None) == (self.tag is None):
-            raise ValueError("give exactly one of 'glob' or 'tag'")
-        if self.glob is not None and not self.glob.startswith("/"):
-            raise ValueError(f"glob {self.glob!r}: give an absolute path on the server")
-        return self
-
-
-class PromotionPolicy(BaseModel):
-    """Promote a soup only if the lower bound of (soup - champion) on `metric` exceeds min_improvement."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    metric: Literal["test_average"] = "test_average"
-    min_improvement: float = Field(0.0, ge=-1.0, le=1.0)
-
-
-def _check_recipe(recipe: dict[str, Any]) -> dict[str, Any]:
-    """A job's search settings plus suite_id, checked the way POST /v1/jobs checks them."""
-    try:
-        job = JobCreate.model_validate({**recipe, "tag": "-"})
-    except ValidationError as e:
-        raise ValueError(
-            "; ".join(f"{'.'.join(map(str, err['loc'])) or 'recipe'}: {err['msg']}" for err in e.errors())
-        ) from None
-    return {"suite_id": job.suite_id, **job.search_settings()}
-
-
-class ScheduleCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    cron: str = Field(description="five fields: minute hour day-of-month month day-of-week")
-    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
-    recipe_template: dict[str, Any] = Field(description="suite_id and a job's search settings")
-    candidate_source: CandidateSource
-    promotion_policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
-    enabled: bool = True
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, v: str) -> str:
-        return _checked_cron(v)
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, v: str) -> str:
-        return _checked_timezone(v)
-
-    @field_validator("recipe_template")
-    @classmethod
-    def _recipe(cls, v: dict[str, Any]) -> dict[str, Any]:
-        return _check_recipe(v)
-
-
-def _checked_cron(v: str) -> str:
-    try:
-        next_fire(v, "UTC", datetime(2000, 1, 1, tzinfo=UTC))
-    except ScheduleError as e:
-        raise ValueError(str(e)) from None
-    return " ".join(v.split())
-
-
-def _checked_timezone(v: str) -> str:
-    try:
-        time_zone(v)
-    except ScheduleError as e:
-        raise ValueError(str(e)) from None
-    return v
-
-
-class ScheduleUpdate(BaseModel):
-    """The fields to change (the others stay); a new cron or time zone plans the next run from now."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    cron: str | None = None
-    timezone: str | None = None
-    recipe_template: dict[str, Any] | None = None
-    candidate_source: CandidateSource | None = None
-    promotion_policy: PromotionPolicy | None = None
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000, description="null: none")
-    enabled: bool | None = None
-
-    @field_validator("cron")
-    @classmethod
-    def _cron(cls, v: str | None) -> str | None:
-        return None if v is None else _checked_cron(v)
-
-    @field_validator("timezone")
-    @classmethod
-    def _timezone(cls, v: str | None) -> str | None:
-        return None if v is None else _checked_timezone(v)
-
-    @field_validator("recipe_template")
-    @classmethod
-    def _recipe(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        return None if v is None else _check_recipe(v)
-
-    @model_validator(mode="after")
-    def _something(self) -> ScheduleUpdate:
-        if not self.model_fields_set:
-            raise ValueError(f"give at least one field to change: {', '.join(type(self).model_fields)}")
-        for name in self.model_fields_set - {"webhook_url"}:
-            if getattr(self, name) is None:
-                raise ValueError(f"{name}: null is only allowed for webhook_url")
-        return self
+# The input specs are core's (the CLI checks schedules with them too); re-exported here.
 
 
 class ScheduleRunPublic(BaseModel):

@@ -64,8 +64,20 @@ def run_local(
 
 
 def create_local_job(engine: Engine, recipe: RunRecipe) -> int:
-    """Register the recipe's candidates and suite (reusing rows already there) and queue a job; its id."""
+    """Register the recipe's candidates and suite (reusing rows already there) and queue a job; its id.
+
+    Candidates that cannot be souped together, or a suite that cannot be read, are refused before
+    anything is written.
+    """
+    from soce.checkpoints import Checkpoint, ensure_compatible
+
     paths = candidate_labels(recipe.candidate_paths())
+    ckpts = [Checkpoint.open(p) for p in paths.values()]
+    try:
+        ensure_compatible(ckpts)
+    finally:
+        for c in ckpts:
+            c.close()
     spec = SuiteSpec.from_file(recipe.suite)
     data = spec.model_dump(mode="json")
     digest = canonical_hash(data)

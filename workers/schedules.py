@@ -413,7 +413,7 @@ def _summary(run: ScheduleRun) -> dict[str, Any]:
     """What a run's webhook receives; the same on every try."""
     return {
         # the job's verdict first: use its soup, or keep the named candidate (none if it failed)
-        "verdict": ((run.job.analysis or {}).get("verdict") if run.job is not None else None),
+        "verdict": (((run.job.analysis or {}).get("report") or {}).get("verdict") if run.job else None),
         "schedule": run.schedule.name,
         "run_id": run.id,
         "due_at": run.due_at.isoformat(),

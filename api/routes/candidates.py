@@ -1,4 +1,4 @@
-"""Candidates: checkpoint folders registered once, checked on the way in, hashed in the background."""
+"""Candidates: checkpoint folders registered once, checked on the way in, hashed on the cpu queue."""
 
 from __future__ import annotations
 
@@ -8,24 +8,15 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query, Request, status
-from sqlalchemy import Engine
+from fastapi import APIRouter, Query, status
 
 from api.auth import Writer
-from api.deps import SessionDep
+from api.broker import JobQueue
+from api.deps import QueueDep, SessionDep
 from api.errors import invalid, not_found
 from api.schemas import CandidateCreate, CandidatePublic, Tag
-from soce.checkpoints import (
-    ARCHITECTURE_FIELDS,
-    Checkpoint,
-    DigestCache,
-    architecture_summary,
-    check_compatibility,
-    checkpoint_hash,
-)
-from soce.config import Settings
+from soce.checkpoints import ARCHITECTURE_FIELDS, Checkpoint, architecture_summary, check_compatibility
 from soce.db import crud
-from soce.db.engine import session_scope
 from soce.db.models import Candidate
 from soce.errors import CheckpointError, SoceError
 
@@ -67,35 +58,25 @@ def _registered_reference(
     return None
 
 
-def hash_candidate(engine: Engine, settings: Settings, candidate_id: int, path: str) -> None:
-    """Fill in the candidate's content hash (or why it cannot be hashed); runs after the response."""
-    digest = error = None
-    cache = DigestCache(settings.data_dir / "digests.sqlite" if settings.hash_cache else None)
-    try:
-        with Checkpoint.open(path) as ckpt:
-            digest = checkpoint_hash(ckpt, cache)
-    except SoceError as e:
-        error = str(e)
-    except Exception as e:  # the row must not stay "hashing" forever
-        log.exception("hashing candidate %d (%s) failed", candidate_id, path)
-        error = f"hashing failed: {type(e).__name__}: {e}"
-    finally:
-        cache.close()
-    try:
-        with session_scope(engine) as session:
-            row = session.get(Candidate, candidate_id)
-            if row is not None:
-                row.content_hash, row.error = digest, error
-    except SoceError:
-        log.exception("could not store the hash of candidate %d", candidate_id)
+def _enqueue_hashing(queue: JobQueue, candidate_ids: list[int]) -> None:
+    """Send one hash message per candidate. With the broker down the registration stands: the hashes
+    stay null until the score step of a job over these candidates fills them in."""
+    for i, candidate_id in enumerate(candidate_ids):
+        try:
+            queue.hash_candidate(candidate_id)
+        except Exception as e:  # the broker is down: the others would fail (and wait) the same way
+            unsent = ", ".join(map(str, candidate_ids[i:]))
+            log.error("candidate(s) %s could not be enqueued for hashing: %s", unsent, e)
+            return
 
 
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=list[CandidatePublic])
 def register_candidates(
-    body: CandidateCreate, session: SessionDep, background: BackgroundTasks, request: Request, _key: Writer
+    body: CandidateCreate, session: SessionDep, queue: QueueDep, _key: Writer
 ) -> list[CandidatePublic]:
     """Register model folders: each must exist, hold safetensors weights and be compatible with the
     registered candidates of its architecture. A folder registered before keeps its row and gains the tags.
+    Each is then hashed by a cpu worker (`content_hash` is null until then).
     """
     with ExitStack() as stack:
         opened: list[tuple[Path, Checkpoint]] = []
@@ -132,10 +113,7 @@ def register_candidates(
                     row.tags.append(tag)
             rows.append(row)
         session.commit()
-    for row in rows:
-        background.add_task(
-            hash_candidate, request.app.state.engine, request.app.state.settings, row.id, row.path
-        )
+    _enqueue_hashing(queue, [row.id for row in rows])
     return [CandidatePublic.of(r) for r in rows]
 
 

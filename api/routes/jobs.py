@@ -14,7 +14,6 @@ from api import job_reads
 from api.auth import Writer
 from api.deps import OptunaDep, QueueDep, SessionDep
 from api.errors import invalid, not_found
-from api.optuna_tables import OptunaTables
 from api.schemas import (
     JobCreate,
     JobDetail,
@@ -24,6 +23,7 @@ from api.schemas import (
     TrialPage,
     TrialPublic,
 )
+from api.trials import OptunaStudies
 from soce.db import crud
 from soce.db.models import Job, Suite
 from soce.errors import SoceError
@@ -135,7 +135,9 @@ def _json(model: BaseModel) -> Response:
 
 
 # The two reads below take what they need from the request instead of dependencies (a session, the
-# Optuna tables): the bodies come from api/job_reads.py, on a connection held only while it queries.
+# Optuna studies): the bodies come from api/job_reads.py, on a connection held only while it queries.
+# Like every route here they are sync functions: FastAPI runs them in its thread pool, so Optuna's
+# blocking reads never hold up the event loop.
 @router.get("", response_model=JobPage)
 def list_jobs(
     request: Request,
@@ -183,7 +185,7 @@ def get_job(job_id: int, request: Request) -> Response:
     fields = job_reads.read(request.app.state.engine, job_reads.job_detail, job_id=job_id)
     if fields is None:
         raise not_found(f"job {job_id}")
-    optuna: OptunaTables = request.app.state.optuna
+    optuna: OptunaStudies = request.app.state.optuna
     analysis = fields["analysis"]
     best = _from_analysis(analysis or {}, "best_trial")
     study_name = fields["study_name"]
@@ -218,18 +220,16 @@ def list_trials(
 ) -> TrialPage:
     """The job's Optuna trials by number, read from Optuna's own database."""
     job = _get_job(session, job_id)
-    found = optuna.study(job.study_name) if job.study_name else None
+    found = optuna.trials(job.study_name, state=state, limit=limit, offset=offset) if job.study_name else None
     if found is None:  # no search has started yet
         return TrialPage(
             study_name=job.study_name, directions=[], items=[], total=0, limit=limit, offset=offset
         )
-    study_id, directions = found
-    items, total = optuna.trials(study_id, state=state, limit=limit, offset=offset)
     return TrialPage(
         study_name=job.study_name,
-        directions=directions,
-        items=[TrialPublic(**t) for t in items],
-        total=total,
+        directions=found.directions,
+        items=[TrialPublic(**t) for t in found.items],
+        total=found.total,
         limit=limit,
         offset=offset,
     )

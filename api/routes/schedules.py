@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 from fastapi import APIRouter, HTTPException, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -19,40 +17,22 @@ from api.schemas import (
     ScheduleUpdate,
     SoupBrief,
 )
-from soce.db.models import Schedule, ScheduleRun, Suite
-from soce.schedules import next_fire
+from soce.db import schedules as schedule_rows
+from soce.db.models import Schedule, ScheduleRun
+from soce.errors import ScheduleError
 
 router = APIRouter(prefix="/v1/schedules", tags=["schedules"])
 RUNS_SHOWN = 50
 
 
-def schedule_row(body: ScheduleCreate, now: datetime) -> Schedule:
-    """The row of a checked schedule; its first run is the cron's next fire time after `now`."""
-    return Schedule(
-        name=body.name,
-        cron=body.cron,
-        timezone=body.timezone,
-        recipe_template=body.recipe_template,
-        candidate_source=body.candidate_source.model_dump(exclude_none=True),
-        promotion_policy=body.promotion_policy.model_dump(),
-        webhook_url=body.webhook_url,
-        enabled=body.enabled,
-        next_run_at=next_fire(body.cron, body.timezone, now),
-    )
-
-
 @router.post("", status_code=status.HTTP_201_CREATED, response_model=SchedulePublic)
 def create_schedule(body: ScheduleCreate, session: SessionDep, _key: Writer) -> SchedulePublic:
     """Store a schedule; its first run is the cron's next fire time after now."""
-    suite_id = body.recipe_template["suite_id"]
-    if session.get(Suite, suite_id) is None:
-        raise invalid(
-            ["body", "recipe_template", "suite_id"], f"suite {suite_id} does not exist", "not_found"
-        )
-    row = schedule_row(body, datetime.now(UTC))
-    session.add(row)
     try:
+        row = schedule_rows.create_schedule(session=session, spec=body)
         session.commit()
+    except ScheduleError as e:  # the recipe's suite is not stored
+        raise invalid(["body", "recipe_template", "suite_id"], str(e), "not_found") from None
     except IntegrityError:
         session.rollback()
         raise HTTPException(status.HTTP_409_CONFLICT, f"a schedule named {body.name!r} exists") from None
@@ -62,7 +42,7 @@ def create_schedule(body: ScheduleCreate, session: SessionDep, _key: Writer) -> 
 @router.get("", response_model=list[SchedulePublic])
 def list_schedules(session: SessionDep) -> list[SchedulePublic]:
     """Every schedule, by name."""
-    return [SchedulePublic.of(r) for r in session.scalars(select(Schedule).order_by(Schedule.name))]
+    return [SchedulePublic.of(r) for r in schedule_rows.list_schedules(session=session)]
 
 
 def _detail(session: SessionDep, row: Schedule) -> ScheduleDetail:
@@ -93,27 +73,6 @@ def get_schedule(schedule_id: int, session: SessionDep) -> ScheduleDetail:
     return _detail(session, _get(session, schedule_id))
 
 
-def apply_update(row: Schedule, body: ScheduleUpdate, now: datetime) -> None:
-    """Set the given fields (the recipe's suite must exist: the caller checks); the next run is planned
-    again from `now` when the cron, the time zone or `enabled` (to true) changes."""
-    given = body.model_fields_set
-    if "recipe_template" in given:
-        row.recipe_template = body.recipe_template
-    if "candidate_source" in given:
-        row.candidate_source = body.candidate_source.model_dump(exclude_none=True)
-    if "promotion_policy" in given:
-        row.promotion_policy = body.promotion_policy.model_dump()
-    if "webhook_url" in given:
-        row.webhook_url = body.webhook_url
-    replan = bool({"cron", "timezone"} & given) or (body.enabled is True and not row.enabled)
-    row.cron = body.cron or row.cron
-    row.timezone = body.timezone or row.timezone
-    if "enabled" in given:
-        row.enabled = body.enabled
-    if replan:
-        row.next_run_at = next_fire(row.cron, row.timezone, now)
-
-
 @router.patch("/{schedule_id}", response_model=ScheduleDetail)
 def update_schedule(
     schedule_id: int, body: ScheduleUpdate, session: SessionDep, _key: Writer
@@ -121,12 +80,9 @@ def update_schedule(
     """Change a schedule's fields; the next run is planned again from now when the cron, the time zone
     or `enabled` (to true) changes. Runs already started keep the settings they started with."""
     row = _get(session, schedule_id)
-    if body.recipe_template is not None:
-        suite_id = body.recipe_template["suite_id"]
-        if session.get(Suite, suite_id) is None:
-            raise invalid(
-                ["body", "recipe_template", "suite_id"], f"suite {suite_id} does not exist", "not_found"
-            )
-    apply_update(row, body, datetime.now(UTC))
+    try:
+        schedule_rows.update_schedule(session=session, schedule=row, spec=body)
+    except ScheduleError as e:  # the new recipe's suite is not stored
+        raise invalid(["body", "recipe_template", "suite_id"], str(e), "not_found") from None
     session.commit()
     return _detail(session, row)

@@ -1,12 +1,16 @@
-"""Small helpers: registering what a test needs through the API itself, an Optuna study, counting queries."""
+"""Small helpers: registering what a test needs through the API itself, the messages sent, an Optuna
+study, counting queries."""
 
 from __future__ import annotations
 
+import base64
+import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
 import optuna
+import redis
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, event
 
@@ -37,6 +41,17 @@ def make_suite(client: TestClient, headers: dict[str, str], spec: dict | None = 
     r = client.post("/v1/suites", json={"spec": spec or SUITE}, headers=headers)
     assert r.status_code in (200, 201), r.text
     return r.json()
+
+
+def queued_messages(redis_db: redis.Redis, queue: str = "cpu") -> list[tuple[str, list]]:
+    """(task name, args) of every message waiting in a Celery queue on Redis, in the order they were sent
+    (kombu pushes on the left and workers pop on the right)."""
+    out = []
+    for raw in reversed(redis_db.lrange(queue, 0, -1)):
+        message = json.loads(raw)
+        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
+        out.append((message["headers"]["task"], args))
+    return out
 
 
 STUDY = "soce-tpe-0123456789abcdef"

@@ -106,7 +106,8 @@ def test_metrics_in_prometheus_format(client, writer, redis_db, make_checkpoints
     lines = set(r.text.splitlines())
     assert "# TYPE soce_jobs gauge" in lines
     assert 'soce_jobs{state="queued"} 1' in lines and 'soce_jobs{state="done"} 0' in lines
-    assert 'soce_queue_depth{queue="cpu"} 1' in lines and 'soce_queue_depth{queue="gpu"} 2' in lines
+    # the job's start message and the two candidates' hash messages
+    assert 'soce_queue_depth{queue="cpu"} 3' in lines and 'soce_queue_depth{queue="gpu"} 2' in lines
     assert "# TYPE soce_trial_duration_seconds histogram" in lines
     assert 'soce_trial_duration_seconds_bucket{le="+Inf"} 3' in lines
     assert "soce_trial_duration_seconds_count 3" in lines

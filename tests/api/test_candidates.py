@@ -1,26 +1,37 @@
-"""Registering checkpoint folders: checks on the way in, background hashing, tags."""
+"""Registering checkpoint folders: checks on the way in, hashing sent to the cpu queue, tags."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
-from soce.checkpoints import Checkpoint, checkpoint_hash
-from tests.api.factories import register
+from api.app import create_app
+from soce.checkpoints import Checkpoint, DigestCache, checkpoint_hash
+from soce.config import Settings
+from tests.api.factories import queued_messages, register
+from workers.candidates import hash_candidate
 
 
-def test_register_fills_hash_in_background_and_lists_by_tag(client, writer, make_checkpoints) -> None:
+def test_register_sends_hashing_to_the_cpu_queue_and_lists_by_tag(
+    client, writer, make_checkpoints, redis_db, app: FastAPI
+) -> None:
     paths = make_checkpoints(3)
     rows = register(client, writer, paths[:2], tags=["llama-tiny", "nightly"])
     assert [r["path"] for r in rows] == [str(p.resolve()) for p in paths[:2]]
     assert rows[0]["architecture"]["hidden_size"] == 32
     assert rows[0]["tags"] == ["llama-tiny", "nightly"]
-    # TestClient runs background tasks before returning: the hash is there on the next read
+    assert all(r["content_hash"] is None and r["hashing"] for r in rows)
+    # one message per candidate, sent after the commit; the API reads no weights
+    assert queued_messages(redis_db) == [("soce.candidates.hash", [r["id"]]) for r in rows]
+    assert redis_db.llen("gpu") == 0
+
+    hash_candidate(app.state.engine, rows[0]["id"], cache=DigestCache(None))  # what the cpu worker runs
     got = client.get(f"/v1/candidates/{rows[0]['id']}").json()
     with Checkpoint.open(paths[0]) as ckpt:
-        assert got["content_hash"] == checkpoint_hash(ckpt)
+        assert got["content_hash"] == checkpoint_hash(ckpt, DigestCache(None))
     assert got["hashing"] is False and got["error"] is None
 
     register(client, writer, paths[2:], tags=["other"])
@@ -28,6 +39,16 @@ def test_register_fills_hash_in_background_and_lists_by_tag(client, writer, make
     tagged = client.get("/v1/candidates", params={"tag": "nightly"}).json()
     assert [r["id"] for r in tagged] == [r["id"] for r in rows]
     assert client.get("/v1/candidates", params={"tag": "nope"}).json() == []
+
+
+def test_registering_with_the_broker_down_leaves_the_hash_to_the_score_step(
+    settings: Settings, writer, make_checkpoints
+) -> None:
+    app = create_app(settings.model_copy(update={"broker_url": "redis://127.0.0.1:1/0"}))
+    with TestClient(app) as client:
+        rows = register(client, writer, make_checkpoints(2))
+        got = client.get(f"/v1/candidates/{rows[0]['id']}").json()
+    assert got["content_hash"] is None and got["hashing"] is True and got["error"] is None
 
 
 def test_registering_again_keeps_the_row_and_adds_tags(client, writer, make_checkpoints) -> None:

@@ -2,24 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import json
-
 import redis
 from fastapi import FastAPI
 
 from soce.db import Job, Soup, session_scope
-from tests.api.factories import make_suite, register
+from tests.api.factories import make_suite, queued_messages, register
 
 
-def queued_messages(redis_db: redis.Redis, queue: str = "cpu") -> list[tuple[str, list]]:
-    """(task name, args) of every message waiting in a Celery queue on Redis."""
-    out = []
-    for raw in redis_db.lrange(queue, 0, -1):
-        message = json.loads(raw)
-        args, _kwargs, _embed = json.loads(base64.b64decode(message["body"]))
-        out.append((message["headers"]["task"], args))
-    return out
+def start_messages(redis_db: redis.Redis) -> list[tuple[str, list]]:
+    """The job start messages on the cpu queue (registering candidates also sends their hash messages)."""
+    return [m for m in queued_messages(redis_db) if m[0] == "soce.job.start"]
 
 
 def job_inputs(client, writer, make_checkpoints, *, tags=("nightly",)) -> tuple[list[int], int]:
@@ -34,7 +26,8 @@ def test_create_job_enqueues_one_start_message(client, writer, make_checkpoints,
     assert r.status_code == 201, r.text
     job = r.json()
     assert job["state"] == "queued" and job["candidate_ids"] == ids[:2] and job["suite_id"] == suite_id
-    assert queued_messages(redis_db) == [("soce.job.start", [job["id"]])]
+    hashing = [("soce.candidates.hash", [i]) for i in ids]  # sent when the candidates were registered
+    assert queued_messages(redis_db) == [*hashing, ("soce.job.start", [job["id"]])]
     assert redis_db.llen("gpu") == 0
 
     detail = client.get(f"/v1/jobs/{job['id']}").json()
@@ -65,7 +58,7 @@ def test_idempotency_key_returns_the_same_job_and_one_message(
     second = client.post("/v1/jobs", json=body, headers=headers)
     assert (first.status_code, second.status_code) == (201, 200)
     assert first.json()["id"] == second.json()["id"]
-    assert len(queued_messages(redis_db)) == 1
+    assert len(start_messages(redis_db)) == 1
     assert client.get("/v1/jobs").json()["total"] == 1
 
     other = client.post("/v1/jobs", json={**body, "tau": 0.1}, headers=headers)
@@ -100,7 +93,7 @@ def test_bad_job_requests_are_422_naming_the_field(client, writer, make_checkpoi
     assert "exactly one of 'candidate_ids' or 'tag'" in err["msg"]
     err = post({"candidate_ids": ids[:1], "suite_id": suite_id})
     assert err["loc"] == ["body", "candidate_ids"]
-    assert redis_db.llen("cpu") == 0
+    assert start_messages(redis_db) == []
 
 
 def test_list_filters_and_pagination(client, writer, make_checkpoints, app: FastAPI) -> None:

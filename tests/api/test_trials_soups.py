@@ -6,6 +6,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
+from api.trials import OptunaStudies
 from soce.db import Job, Soup, session_scope
 from tests.api.factories import STUDY, fill_study, make_suite, register
 
@@ -33,6 +34,7 @@ def test_trials_come_from_the_optuna_database(client, writer, make_checkpoints, 
     assert isinstance(first["params"]["bucket"], int) and first["params"]["space"] in ("simplex", "layerwise")
     assert first["user_attrs"] == {"category_scores": {"arithmetic": 0.2, "strings": 0.1}}
     assert first["duration_seconds"] >= 0
+    assert first["datetime_start"].endswith("Z") and first["datetime_complete"].endswith("Z")  # UTC
     assert pruned["state"] == "pruned" and pruned["values"] is None
 
     complete = client.get(
@@ -53,6 +55,17 @@ def test_a_job_without_a_study_has_no_trials(client, writer, make_checkpoints, a
     fill_study(settings)
     other = a_job(client, writer, make_checkpoints, app, "soce-not-started")
     assert client.get(f"/v1/jobs/{other}/trials").json()["items"] == []
+
+
+def test_an_unreachable_optuna_database_is_503_for_trials_and_no_best_trial(
+    client, writer, make_checkpoints, app, settings
+) -> None:
+    app.state.optuna = OptunaStudies("postgresql+psycopg://postgres@127.0.0.1:1/optuna")
+    job_id = a_job(client, writer, make_checkpoints, app, STUDY)
+    r = client.get(f"/v1/jobs/{job_id}/trials")
+    assert r.status_code == 503 and r.json()["detail"].startswith("Optuna database postgresql+psycopg://")
+    r = client.get(f"/v1/jobs/{job_id}")
+    assert r.status_code == 200 and r.json()["best_trial"] is None  # the job is shown without it
 
 
 def test_soup_with_card_and_recipe(client, app, tmp_path: Path) -> None:
