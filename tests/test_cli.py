@@ -106,6 +106,37 @@ def test_console_script_help() -> None:
     assert "Traceback" not in proc.stdout + proc.stderr
 
 
+# what `soce --help` and the help of each command must not load: heavy libraries and the other packages
+HEAVY = ("torch", "transformers", "lm_eval", "optuna", "celery", "sqlalchemy")
+OURS_BEHIND_COMMANDS = ("api", "workers", "evaluators", "optimizer")
+HELPED = ([], ["merge"], ["run"], ["score"], ["db", "upgrade"], ["schedule", "create"], ["worker"])
+
+
+def test_help_loads_no_heavy_library() -> None:
+    code = (
+        "import json, sys\n"
+        "from soce.cli import app\n"
+        f"for args in {HELPED!r}:\n"
+        "    try:\n"
+        "        app([*args, '--help'])\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "print(json.dumps(sorted(sys.modules)))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = {name.partition(".")[0] for name in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert sorted(loaded & {*HEAVY, *OURS_BEHIND_COMMANDS}) == []
+
+
+def test_python_m_soce_cli() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "soce.cli", "methods"], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[0] == "linear"
+
+
 def test_methods_lists_every_method() -> None:
     result = invoke("methods")
     assert result.exit_code == 0
@@ -499,3 +530,49 @@ def test_zoo_build_refuses_unknown_size_and_existing_folder(tmp_path: Path) -> N
     (tmp_path / "z").mkdir()
     result = runner.invoke(app, ["zoo", "build", str(tmp_path / "z")])
     assert result.exit_code == 2 and "already exists" in result.output and "--force" in result.output
+
+
+# --- schedule (on an embedded SQLite database; PostgreSQL in tests/db/test_schedules.py) ----------------
+
+
+@pytest.fixture
+def schedule_db(tmp_path: Path):
+    """An app database with one stored suite: its URL and the suite's id."""
+    from soce.db import Suite, dispose_engines, get_engine, session_scope
+
+    url = f"sqlite:///{tmp_path / 'app.sqlite'}"
+    with session_scope(get_engine(url)) as session:
+        suite = Suite(name="s", spec={}, content_hash="s" * 64)
+        session.add(suite)
+        session.flush()
+        suite_id = suite.id
+    yield url, suite_id
+    dispose_engines()
+
+
+def test_schedule_create_update_list(schedule_db) -> None:
+    url, suite_id = schedule_db
+    create = ["schedule", "create", "--database-url", url, "--name", "nightly", "--cron", "0 2 * * *"]
+    unknown = invoke(*create, "--suite-id", 999, "--tag", "t")
+    assert unknown.exit_code == 2 and "--suite-id" in unknown.output
+    assert "suite 999 does not exist" in unknown.output
+    bad = invoke(*create, "--suite-id", suite_id, "--tag", "t", "--recipe", '{"sampler": "nope"}')
+    assert bad.exit_code == 2 and "sampler" in bad.output
+    assert invoke("schedule", "list", "--database-url", url).stdout.startswith("no schedules;")
+
+    created = invoke(*create, "--suite-id", suite_id, "--tag", "t", "--recipe", '{"sampler": "grid"}')
+    assert created.exit_code == 0, created.output
+    assert created.stdout.startswith("created schedule 1 'nightly'; next run ")
+    taken = invoke(*create, "--suite-id", suite_id, "--tag", "t")
+    assert taken.exit_code == 2 and taken.stderr.startswith("error: database ")
+
+    update = ["schedule", "update", "nightly", "--database-url", url]
+    changed = invoke(*update, "--timezone", "Europe/Paris", "--disable", "--min-improvement", "0.02")
+    assert changed.exit_code == 0, changed.output
+    assert changed.stdout.startswith(
+        "updated schedule 1 'nightly': '0 2 * * *' Europe/Paris, disabled, next "
+    )
+    missing = invoke("schedule", "update", "weekly", "--database-url", url, "--enable")
+    assert missing.exit_code == 2 and "no schedule is named 'weekly'" in missing.output
+    listed = invoke("schedule", "list", "--database-url", url).stdout
+    assert "nightly  '0 2 * * *' Europe/Paris  disabled" in listed and "champion -" in listed

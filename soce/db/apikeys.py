@@ -14,15 +14,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from soce.db.models import ApiKey
-from soce.errors import SoceError
+from soce.errors import ApiKeyError
 
 KEY_PREFIX = "soce_"
 PREFIX_CHARS = len(KEY_PREFIX) + 8  # shown in listings to tell keys apart
 LAST_USED_EVERY = timedelta(minutes=1)  # record use at most this often: reads need no write each
-
-
-class ApiKeyError(SoceError):
-    """An API key cannot be created or revoked: the name is taken, unknown or invalid."""
 
 
 def generate_key() -> str:

@@ -137,13 +137,15 @@ def from_mergekit(data: dict[str, Any], where: str = "") -> MergeRecipe:
         "candidates": candidates,
         "base": base,
         "parameters": {**shared, **implied},
-        "dtype": _dtype_name(dtype, where) if dtype else None,
+        "dtype": dtype_name(dtype, where) if dtype else None,
         "name": data.get("name"),
     }
     return parse_recipe(recipe, where)
 
 
-def _dtype_name(value: str, where: str) -> str:
+def dtype_name(value: str, where: str = "") -> str:
+    """The canonical name of a dtype written `float16`, `fp16`, `torch.float16` and the like; a RecipeError
+    whose message starts with `where` for an unknown one."""
     from soce.checkpoints._dtypes import CODE_TO_NAME, code_for
 
     try:

@@ -18,7 +18,7 @@ from soce.db import create_app_engine
 from soce.db.engine import session_scope
 from soce.db.migrate import upgrade
 from soce.db.models import Job, Suite
-from workers.pipeline import optuna_storage
+from soce.db.optuna_storage import optuna_storage
 from workers.sweep import sweep
 
 STALL = 600.0
