@@ -31,7 +31,8 @@ def main() -> None:
 
     import optuna
 
-    from optimizer.search import SearchConfig, WeightSearch
+    from optimizer.samplers import SearchConfig
+    from optimizer.search import WeightSearch
     from optimizer.space import SearchSpace, SoupWeights
     from soce.schemas.scores import SuiteScores
 

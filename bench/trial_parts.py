@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import _pipeline
@@ -31,7 +32,8 @@ def main() -> None:
 
     import optuna
 
-    from optimizer.search import SearchConfig, WeightSearch
+    from optimizer.samplers import SearchConfig
+    from optimizer.search import WeightSearch
     from optimizer.space import SearchSpace
     from soce.config import Settings
     from soce.db import Job, get_engine, session_scope
@@ -41,7 +43,8 @@ def main() -> None:
     from workers.context import resident_soup, run_inputs
     from workers.flow import run_task
     from workers.local import create_local_job
-    from workers.trials import _open
+    from workers.pipeline import dev_parts
+    from workers.trials import IN_PROCESS, _open
 
     zoo = _pipeline.ensure_zoo(args.zoo, args.size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -56,6 +59,7 @@ def main() -> None:
             output=str(Path(tmp) / "out"),
         )
         job_id = create_local_job(engine, recipe)
+        IN_PROCESS.set(True)  # as workers.flow.run_job does for `soce run`
         for task in (TaskName.START, TaskName.SCORE, TaskName.ANALYSE):
             run_task(task, [job_id], settings=settings, engine=engine)
         ctx, analysis, search = _open(engine, settings, job_id)
@@ -81,13 +85,15 @@ def main() -> None:
 
         # the same calls without a job: WeightSearch.run() on its own study
         config = SearchConfig(sampler="tpe", n_trials=args.trials, seed=0)
+        search_part, _ = dev_parts(recipe)
         alone = WeightSearch(
             SearchSpace(experts),
             categories,
-            resident,
+            partial(resident, part=search_part),  # the search part of dev, as the job's trials
             config,
             storage=optuna_storage(url=f"sqlite:///{tmp}/alone.sqlite"),
             study_name="bench",
+            buffered=True,  # as `soce run` asks its study: in memory, each finished trial stored whole
         )
         started = time.perf_counter()
         alone_result = alone.run()

@@ -7,7 +7,9 @@ from optimizer.bootstrap import Interval, paired_bootstrap
 from optimizer.correlation import Correlation, analyse_correlation
 from optimizer.experts import ExpertChoice, Experts, choose_experts
 from optimizer.greedy import GreedySoup, greedy_soup
-from optimizer.search import SAMPLERS, Scored, SearchConfig, SearchResult, WeightSearch
+from optimizer.records import Scored, SearchResult, TrialRecord
+from optimizer.samplers import SAMPLERS, SearchConfig
+from optimizer.search import WeightSearch
 from optimizer.space import SearchSpace, SoupWeights, grid_points, stick_breaking
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "SearchResult",
     "SearchSpace",
     "SoupWeights",
+    "TrialRecord",
     "WeightSearch",
     "analyse_correlation",
     "choose_experts",

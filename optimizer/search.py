@@ -14,17 +14,17 @@ continued by either asks the same trials.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import math
 import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, Literal
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
+from optimizer.records import SearchResult, objective_of, record
+from optimizer.samplers import SearchConfig, make_sampler, seed_for
 from optimizer.space import SearchSpace, SoupWeights, grid_points
 from optimizer.trial_store import TrialStore
 from soce.errors import SearchError
@@ -34,136 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SamplerName = Literal["grid", "tpe", "cmaes", "nsga2"]
-SAMPLERS: tuple[str, ...] = ("grid", "tpe", "cmaes", "nsga2")
 Evaluate = Callable[[SoupWeights, Sequence[str]], Mapping[str, float]]
-
-
-class Scored(dict):
-    """Category scores of one evaluation, with where its time went (seconds by part)."""
-
-    def __init__(self, scores: Mapping[str, float], timings: Mapping[str, float] | None = None) -> None:
-        super().__init__(scores)
-        self.timings = dict(timings or {})
-
-
-@dataclass(frozen=True)
-class SearchConfig:
-    sampler: SamplerName = "tpe"
-    n_trials: int | None = None  # None: every grid point for `grid`, 40 otherwise
-    seed: int = 0
-    parallel: int = 1
-    pruning: bool = False
-    category_weights: Mapping[str, float] = field(default_factory=dict)
-
-    def trials_for(self, space: SearchSpace) -> int:
-        if self.n_trials is not None:
-            return self.n_trials
-        return len(grid_points(space.k)) if self.sampler == "grid" else 40
-
-
-@dataclass(frozen=True)
-class TrialRecord:
-    number: int
-    state: str  # COMPLETE, PRUNED, FAIL, RUNNING
-    objective: float | None
-    weights: SoupWeights | None
-    category_scores: dict[str, float]
-    evaluated: bool  # False: the result of an earlier trial with the same weights was reused
-    timings: dict[str, float]
-
-    def as_dict(self, best_so_far: float | None) -> dict[str, Any]:
-        w = self.weights.as_dict() if self.weights else {"weights": {}}
-        return {
-            "number": self.number,
-            "state": self.state,
-            "objective": self.objective,
-            "best_so_far": best_so_far,
-            **w,
-            "category_scores": self.category_scores,
-            "evaluated": self.evaluated,
-            "timings": self.timings,
-        }
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    study_name: str
-    sampler: str
-    space: str
-    n_trials: int
-    evaluations: int  # model evaluations actually run (over the study's whole life)
-    best: TrialRecord
-    history: list[TrialRecord]
-
-    def history_dicts(self) -> list[dict[str, Any]]:
-        out, best = [], None
-        for t in self.history:
-            if t.state == "COMPLETE" and t.objective is not None:
-                best = t.objective if best is None else max(best, t.objective)
-            out.append(t.as_dict(best))
-        return out
-
-
-def objective_of(
-    scores: Mapping[str, float], categories: Sequence[str], weights: Mapping[str, float]
-) -> float:
-    total = sum(weights.get(c, 1.0) for c in categories)
-    return sum(scores[c] * weights.get(c, 1.0) for c in categories) / total
-
-
-def make_sampler(config: SearchConfig, space: SearchSpace) -> optuna.samplers.BaseSampler:
-    import optuna
-
-    name = config.sampler
-    if name == "grid":
-        if space.name != "simplex":
-            raise SearchError(
-                "the grid sampler searches one simplex of weights; use tpe, cmaes or nsga2 for layerwise"
-            )
-        # the points themselves are enqueued (see WeightSearch.run); this only fills what is asked
-        return optuna.samplers.RandomSampler(seed=config.seed)
-    if name == "tpe":
-        return optuna.samplers.TPESampler(
-            seed=config.seed, multivariate=True, n_startup_trials=max(4, space.dimension + 1)
-        )
-    if name == "cmaes":
-        if space.dimension < 2:
-            raise SearchError(
-                f"cmaes needs at least 2 search dimensions; {space.k} experts on a {space.name} space give "
-                f"{space.dimension} (use tpe or grid)"
-            )
-        # starts at the centre of the cube, close to uniform weights; the uniform point is enqueued first
-        return optuna.samplers.CmaEsSampler(seed=config.seed, n_startup_trials=0)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=config.seed, population_size=max(8, 2 * space.dimension + 4)
-        )
-    raise SearchError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
-
-
-def _seed_for(seed: int, n_trials: int) -> int:
-    digest = hashlib.sha256(f"{seed}:{n_trials}".encode()).digest()
-    return int.from_bytes(digest[:4], "big")
-
-
-def _record(trial: optuna.trial.FrozenTrial, space: SearchSpace) -> TrialRecord:
-    attrs = trial.user_attrs
-    weights = None
-    try:
-        weights = space.from_params(trial.params) if trial.params or space.k == 1 else None
-    except (KeyError, IndexError):
-        weights = None
-    obj = attrs.get("objective")
-    return TrialRecord(
-        number=trial.number,
-        state=trial.state.name,
-        objective=float(obj) if obj is not None else None,
-        weights=weights,
-        category_scores={k: float(v) for k, v in (attrs.get("category_scores") or {}).items()},
-        evaluated=attrs.get("reused_from") is None,
-        timings={k: float(v) for k, v in (attrs.get("timings") or {}).items()},
-    )
 
 
 class WeightSearch:
@@ -185,6 +56,7 @@ class WeightSearch:
         *,
         storage: str | optuna.storages.BaseStorage | None,
         study_name: str,
+        buffered: bool = False,
     ) -> None:
         import optuna
 
@@ -230,10 +102,15 @@ class WeightSearch:
             raise SearchError(
                 f"study {study_name!r} was made for another search ({stored}); it cannot be continued"
             )
+        self.stored = self.study  # the study in `storage`; `study` is a copy in memory when buffered
         self.trials = TrialStore(self.study, self.storage)
         self._lock = threading.Lock()
         self._known: dict[tuple, tuple[int, dict[str, float]]] = {}
         self._best: float | None = None
+        self._buffering = buffered
+        self._written: int | None = None  # buffered: the trials below this number are stored
+        self._writer: ThreadPoolExecutor | None = None
+        self._writes: list[Future] = []
 
     # bookkeeping -------------------------------------------------------------------------------
     def _objective(self, scores: Mapping[str, float]) -> float:
@@ -247,7 +124,7 @@ class WeightSearch:
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
             finished += 1
             if t.state == TrialState.COMPLETE and "category_scores" in t.user_attrs:
-                rec = _record(t, self.space)
+                rec = record(t, self.space)
                 with self._lock:
                     if rec.weights is not None:
                         self._known.setdefault(rec.weights.key(), (t.number, rec.category_scores))
@@ -258,7 +135,9 @@ class WeightSearch:
     def abandon(self, number: int, reason: str) -> bool:
         """Fail running trial `number`, which nobody will finish; a sampler's point is asked again (grid
         points are enqueued once, by the start points); whether it was running."""
-        return self.trials.fail(number, reason, ask_again=self.config.sampler != "grid")
+        failed = self.trials.fail(number, reason, ask_again=self.config.sampler != "grid")
+        self._store_finished()
+        return failed
 
     def _seed_points(self, finished: int) -> None:
         """Enqueue the points every search starts from (none are enqueued twice)."""
@@ -295,12 +174,81 @@ class WeightSearch:
         return len(trials) - len(running), running
 
     def begin(self, stale: Callable[[optuna.trial.FrozenTrial], bool]) -> None:
-        """Ready the study for asking: fail the running trials `stale` names, enqueue the start points."""
+        """Ready the study for asking: fail the running trials `stale` names, enqueue the start points.
+
+        A search made `buffered` then asks, evaluates and tells in a copy of the study in memory, and
+        stores each finished trial whole, in trial order, in one call (`Study.add_trial`): on an RDB
+        storage each ask, parameter, attribute and tell is otherwise a commit of its own, which costs
+        more than evaluating a tiny model. Only a study driven by one process may be buffered (`soce
+        run`, the library's `run()`): its running trials live in that process. A stored study that
+        still has trials running or waiting for another process is not buffered.
+        """
         finished, running = self.tally()
+        again = []
         for t in running:
-            if stale(t):
-                self.abandon(t.number, "left running by a run that is over")
+            if stale(t) and self.trials.fail(
+                t.number,
+                "left running by a run that is over",
+                ask_again=not self._buffering and self.config.sampler != "grid",
+            ):
+                again.append(t.params)
+        if self._buffering:
+            self._buffer()
+            if self.config.sampler != "grid":
+                for params in again:  # a sampler's point is asked again first
+                    if params:
+                        self.study.enqueue_trial(params)
         self._seed_points(finished)
+
+    def _buffer(self) -> None:
+        """Switch asking and telling to a copy of the stored study in memory (see `begin`)."""
+        import optuna
+
+        self._buffering = False
+        stored = sorted(self.stored.get_trials(deepcopy=False), key=lambda t: t.number)
+        unfinished = [t.number for t in stored if not t.state.is_finished()]
+        if unfinished:
+            log.info(
+                "study %s: trials %s run or wait elsewhere; not buffered", self.stored.study_name, unfinished
+            )
+            return
+        memory = optuna.storages.InMemoryStorage()
+        self.study = optuna.create_study(
+            storage=memory,
+            sampler=self.stored.sampler,
+            directions=self.stored.directions,
+            study_name=self.stored.study_name,
+        )
+        self.study.add_trials(stored)
+        self.trials = TrialStore(self.study, memory)
+        self._written = len(stored)
+
+    def _store_finished(self) -> None:
+        """Buffered: hand the finished trials not stored yet, in number order without gaps, to the
+        writer thread (storing a trial costs more than asking it; the next trial need not wait)."""
+        if self._written is None:
+            return
+        with self._lock:
+            trials = self.study.get_trials(deepcopy=False)
+            batch = []
+            while self._written < len(trials) and trials[self._written].state.is_finished():
+                batch.append(trials[self._written])
+                self._written += 1
+            if batch:
+                if self._writer is None:
+                    self._writer = ThreadPoolExecutor(1, thread_name_prefix="soce-store")
+                self._writes.append(self._writer.submit(self._add_trials, batch))
+
+    def _add_trials(self, trials: list[optuna.trial.FrozenTrial]) -> None:
+        for t in trials:
+            self.stored.add_trial(t)  # one transaction: the whole trial, under the next number
+
+    def flush(self) -> None:
+        """Wait until every finished trial handed to the writer is stored; raise a write's error."""
+        with self._lock:
+            writes, self._writes = self._writes, []
+        for w in writes:
+            w.result()
 
     def ask_trials(self, count: int, attrs: Mapping[str, Any] | None = None) -> list[int]:
         """Ask `count` trials to evaluate (here or elsewhere); their numbers.
@@ -313,7 +261,7 @@ class WeightSearch:
         size = len(self.study.get_trials(deepcopy=False)) if count > 0 else 0
         for _ in range(max(count, 0)):
             self.study.sampler = make_sampler(
-                replace(self.config, seed=_seed_for(self.config.seed, size)), self.space
+                replace(self.config, seed=seed_for(self.config.seed, size)), self.space
             )
             trial = self.study.ask()
             size = max(size, trial.number + 1)  # a new trial, unless an enqueued one was asked
@@ -351,12 +299,14 @@ class WeightSearch:
             with contextlib.suppress(UpdateFinishedTrialError, ValueError):  # told by another delivery
                 self.trials.set_attrs(number, {"error": f"{type(e).__name__}: {e}"})
                 self.study.tell(number, state=TrialState.FAIL)
+            self._store_finished()
             raise
         try:
             self.trials.set_attrs(number, results)
         except UpdateFinishedTrialError:
             return False
         self.study.tell(number, values, state=state, skip_if_finished=True)
+        self._store_finished()
         return True
 
     def _evaluate(self, number: int, weights: SoupWeights) -> tuple[Any, Any, dict[str, Any]]:
@@ -414,12 +364,21 @@ class WeightSearch:
         The study is driven by this process alone: a trial found running was left by one that stopped,
         and is failed with its point asked again first.
         """
-        self.begin(lambda _: True)
+        self.begin(lambda _: True)  # nothing else drives this study: a running trial was left over
         finished = self._load_finished()
         if progress and finished:
             progress(min(finished, self.n_trials))
         remaining = self.n_trials - finished
         stop = should_stop or (lambda: False)
+        if self.config.parallel == 1:  # in this thread: no pool to hand each evaluation to
+            for _ in range(remaining):
+                if stop():
+                    break
+                (number,) = self.ask_trials(1)
+                self.evaluate_trial(number)  # an error fails the trial and is raised
+                if progress:
+                    progress(1)
+            return self.result()
         in_flight: dict[Future, int] = {}
         asked = 0
         with ThreadPoolExecutor(self.config.parallel, thread_name_prefix="soce-trial") as pool:
@@ -447,7 +406,8 @@ class WeightSearch:
         return self.result()
 
     def result(self) -> SearchResult:
-        history = [_record(t, self.space) for t in self.study.get_trials(deepcopy=False)]
+        self.flush()
+        history = [record(t, self.space) for t in self.study.get_trials(deepcopy=False)]
         history.sort(key=lambda r: r.number)
         complete = [r for r in history if r.state == "COMPLETE" and r.objective is not None]
         if not complete:
@@ -462,12 +422,3 @@ class WeightSearch:
             best=best,
             history=history,
         )
-
-
-def best_from_history(history: Sequence[TrialRecord]) -> TrialRecord | None:
-    done = [
-        r
-        for r in history
-        if r.state == "COMPLETE" and r.objective is not None and not math.isnan(r.objective)
-    ]
-    return max(done, key=lambda r: (r.objective, -r.number)) if done else None

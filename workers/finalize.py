@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from optimizer.bootstrap import Interval, paired_bootstrap
-from optimizer.search import SearchResult
+from optimizer.records import SearchResult
 from optimizer.space import SoupWeights
 from soce.checkpoints import Checkpoint, check_compatibility
 from soce.errors import EvaluationError, SearchError, SoceError

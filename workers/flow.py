@@ -140,16 +140,20 @@ def run_job(
     engine = engine or get_engine(settings.app_database_url())
     display = display or Stages(quiet=True)
     pending = deque([Message(BY_STATE[JobState.QUEUED].task, (job_id,))])
-    with SearchBar(engine, job_id, display) as bar:
-        while pending:
-            message = pending.popleft()
-            pending.extend(
-                run_task(message.task, message.args, settings=settings, engine=engine, display=display)
-            )
-            if message.task in (TaskName.SEARCH, TaskName.TRIAL):
-                bar.update()
-            else:
-                bar.close()
+    token = trials.IN_PROCESS.set(True)
+    try:
+        with SearchBar(engine, job_id, display) as bar:
+            while pending:
+                message = pending.popleft()
+                pending.extend(
+                    run_task(message.task, message.args, settings=settings, engine=engine, display=display)
+                )
+                if message.task in (TaskName.SEARCH, TaskName.TRIAL):
+                    bar.update()
+                else:
+                    bar.close()
+    finally:
+        trials.IN_PROCESS.reset(token)
     return job_state(engine, job_id)
 
 

@@ -59,11 +59,16 @@ def fail_job(engine: Engine, job_id: int, message: str) -> bool:
 
 
 def merge_json(engine: Engine, job_id: int, column: str, values: dict[str, Any]) -> None:
-    """Set top-level keys of a JSON column (read, merge, write: only this job's chain writes them)."""
+    """Set top-level keys of a JSON column (read, merge, write: only this job's chain writes them).
+
+    Only that column is read and written, not the whole row (whose analysis holds score matrices).
+    """
+    attribute = getattr(Job, column)
     with session_scope(engine) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            setattr(job, column, {**(getattr(job, column) or {}), **values})
+        found = session.execute(select(attribute).where(Job.id == job_id)).first()
+        if found is not None:
+            merged = {**(found[0] or {}), **values}
+            session.execute(update(Job).where(Job.id == job_id).values({attribute: merged}))
 
 
 def stored_json(engine: Engine, job_id: int) -> tuple[dict[str, Any], dict[str, Any]]:

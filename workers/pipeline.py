@@ -19,11 +19,12 @@ from typing import Any
 from optimizer.correlation import Correlation, analyse_correlation
 from optimizer.experts import Experts, best_single, choose_experts, ingredient_pool
 from optimizer.greedy import GreedySoup, greedy_soup
-from optimizer.search import SearchConfig, WeightSearch
+from optimizer.samplers import SearchConfig
+from optimizer.search import WeightSearch
 from optimizer.space import SearchSpace, SoupWeights
 from soce.checkpoints import Checkpoint, checkpoint_hash, ensure_compatible
 from soce.config import Settings, get_settings
-from soce.errors import SearchError
+from soce.db.optuna_storage import optuna_storage
 from soce.schemas.report import AnalysisResult, CorrelationResult, ExpertChoice
 from soce.schemas.run import RunRecipe
 from soce.schemas.scores import ScoreMatrix, SuiteScores
@@ -234,10 +235,15 @@ def search_space(inputs: RunInputs, experts: Sequence[str], resident: ResidentSo
 
 
 def weight_search(
-    inputs: RunInputs, analysis: Analysis, resident: ResidentSoup, *, storage: Any = None
+    inputs: RunInputs,
+    analysis: Analysis,
+    resident: ResidentSoup,
+    *,
+    storage: Any = None,
+    buffered: bool = False,
 ) -> WeightSearch:
     """The study of this search over the ingredients' weights on the search part of dev (created, or
-    continued if stored)."""
+    continued if stored); `buffered` when this process alone drives it (see WeightSearch.begin)."""
     r = inputs.recipe
     search_part, _ = dev_parts(r)
     experts = analysis.experts.candidates
@@ -257,37 +263,8 @@ def weight_search(
         config,
         storage=storage or optuna_storage(),
         study_name=study_name(inputs, experts, space),
+        buffered=buffered,
     )
-
-
-def optuna_storage(settings: Settings | None = None, *, url: str | None = None) -> Any:
-    """Optuna's RDB storage on its own database (embedded: SQLite beside the app database)."""
-    import optuna
-    from sqlalchemy import event
-
-    settings = settings or get_settings()
-    url = url or settings.optuna_url()
-    if url.startswith("sqlite:///"):
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    try:
-        storage = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
-    except Exception as e:
-        raise SearchError(
-            f"Optuna storage {url.split('@')[-1]} cannot be used: {str(e).splitlines()[0]}"
-        ) from None
-    if url.startswith("sqlite"):
-        # every ask, tell and user attribute is its own commit: with SQLite's default rollback journal
-        # and full syncs they cost more than merging a soup; WAL with normal syncs halves them
-        event.listen(storage.engine, "connect", _sqlite_wal)
-        storage.engine.dispose()
-    return storage
-
-
-def _sqlite_wal(connection: Any, _record: Any) -> None:
-    cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
 
 
 # --- baselines -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from optimizer.search import Scored
+from optimizer.records import Scored
 from optimizer.space import SoupWeights
 from soce.checkpoints import Checkpoint, ensure_compatible
 from soce.errors import SearchError

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from optimizer.search import SearchResult, TrialRecord
+from optimizer.records import SearchResult, TrialRecord
 from optimizer.selection import Contender, Selection, select_final
 from optimizer.space import SoupWeights
 from soce.errors import EvaluationError

@@ -41,7 +41,7 @@ def running_trials(settings: Settings, study_name: str, job_id: int) -> list[int
     import optuna
     from optuna.trial import TrialState
 
-    from workers.pipeline import optuna_storage
+    from soce.db.optuna_storage import optuna_storage
 
     try:
         study = optuna.load_study(study_name=study_name, storage=optuna_storage(settings))

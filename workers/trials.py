@@ -22,11 +22,13 @@ the service or by `soce run` asks the same trials.
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
@@ -53,17 +55,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SEARCHING = JobState.SEARCHING
+# True while workers.flow.run_job drives a job in this process (`soce run`): nothing else asks its
+# trials, so its study is asked and told in memory and each finished trial stored whole
+IN_PROCESS: contextvars.ContextVar[bool] = contextvars.ContextVar("soce_in_process", default=False)
 BY_SEARCH = "search"  # `asked_by` of the trials the search task asks; trial tasks put their number
 
 
 def open_search(ctx: Context, inputs: RunInputs, resident: ResidentSoup) -> tuple[Analysis, WeightSearch]:
     """The job's experts and its study (created, or continued if stored); the study's name on the job."""
-    from workers.pipeline import analyse_step, optuna_storage, weight_search
+    from soce.db.optuna_storage import optuna_storage
+    from workers.pipeline import analyse_step, weight_search
 
     # deterministic: the ingredients of the analyse step
     matrices = ctx.matrices()
     analysis = analyse_step(matrices.search, ctx.spec.recipe, whole=matrices.dev)
-    search = weight_search(inputs, analysis, resident, storage=optuna_storage(ctx.settings))
+    storage = optuna_storage(ctx.settings)
+    search = weight_search(inputs, analysis, resident, storage=storage, buffered=IN_PROCESS.get())
     name = search.study.study_name
     with session_scope(ctx.engine) as session:
         session.execute(
@@ -75,6 +82,9 @@ def open_search(ctx: Context, inputs: RunInputs, resident: ResidentSoup) -> tupl
 
 
 _in_process = threading.Lock()
+
+PROGRESS_EVERY = 0.5  # seconds between writes of the search progress of a job run in this process
+_progress_written: dict[int, float] = {}
 
 
 @contextmanager
@@ -103,10 +113,20 @@ _opened: LRUCache = LRUCache(maxsize=1)
 _opened_lock = threading.Lock()
 
 
-def _open(engine: Engine, settings: Settings, job_id: int) -> tuple[Context, Analysis, WeightSearch]:
+def _job_row(engine: Engine, job_id: int) -> tuple[str | None, Any]:
+    """The job's state and creation time (which tells a job from another with the same id)."""
     with session_scope(engine) as session:
-        created = session.scalar(select(Job.created_at).where(Job.id == job_id))
-    key = (engine.url.render_as_string(hide_password=False), job_id, created, settings.optuna_url())
+        row = session.execute(select(Job.state, Job.created_at).where(Job.id == job_id)).first()
+    return (row[0], row[1]) if row is not None else (None, None)
+
+
+def _open(
+    engine: Engine, settings: Settings, job_id: int, created: Any = None
+) -> tuple[Context, Analysis, WeightSearch]:
+    if created is None:
+        _, created = _job_row(engine, job_id)
+    url = engine.url.render_as_string(hide_password=False)
+    key = (url, job_id, created, settings.optuna_url(), IN_PROCESS.get())
     with _opened_lock:
         found = _opened.get(key)
         if found is not None:
@@ -174,8 +194,12 @@ def _ask(
         count = max(count, 1)  # another job's trials on the same study must not leave this one idle
     asked = search.ask_trials(count, {"job": ctx.job_id, "asked_by": asked_by})
     mine += [(n, asked_by) for n in asked]
-    done = {"done": min(finished, budget), "total": budget, "unit": "trial", "running": len(mine)}
-    merge_json(ctx.engine, ctx.job_id, "progress", {"search": done})
+    last = _progress_written.get(ctx.job_id, 0.0)
+    throttled = IN_PROCESS.get() and time.monotonic() - last < PROGRESS_EVERY  # `soce run`'s short trials
+    if finished >= budget or not mine or not throttled:
+        done = {"done": min(finished, budget), "total": budget, "unit": "trial", "running": len(mine)}
+        merge_json(ctx.engine, ctx.job_id, "progress", {"search": done})
+        _progress_written[ctx.job_id] = time.monotonic()
     return asked, finished, mine
 
 
@@ -270,14 +294,14 @@ def run_trial(
     job_id: int, number: int, *, redelivered: bool, settings: Settings, engine: Engine
 ) -> list[Message]:
     """A trial task: evaluate trial `number` of the job's study, tell it, send what comes next."""
-    state = job_state(engine, job_id)
+    state, created = _job_row(engine, job_id)
     if state != SEARCHING:
         if state is not None and state != JobState.FINALIZING:
             _give_up(engine, settings, job_id, number, state)
         return _after_search(engine, job_id, number, state, redelivered)
 
     def body() -> list[Message]:
-        ctx, _, search = _open(engine, settings, job_id)
+        ctx, _, search = _open(engine, settings, job_id, created)
         try:
             evaluated = search.evaluate_trial(number, {"worker": _worker()})
         except Exception as e:
@@ -297,7 +321,7 @@ def _give_up(engine: Engine, settings: Settings, job_id: int, number: int, state
     import optuna
 
     from optimizer.trial_store import TrialStore
-    from workers.pipeline import optuna_storage
+    from soce.db.optuna_storage import optuna_storage
 
     with session_scope(engine) as session:
         job = session.get(Job, job_id)

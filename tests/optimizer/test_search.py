@@ -5,7 +5,9 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from optimizer.search import SearchConfig, WeightSearch, objective_of
+from optimizer.records import objective_of
+from optimizer.samplers import SearchConfig
+from optimizer.search import WeightSearch
 from optimizer.space import SearchSpace, SoupWeights, grid_points
 from soce.errors import SearchError
 
