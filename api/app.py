@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from api.broker import JobQueue
 from api.errors import install_error_handlers
-from api.routes import candidates, dashboard, health, jobs, schedules, soups, suites
+from api.routes import candidates, dashboard, health, jobs, schedules, schemas, soups, suites
 from api.trials import OptunaStudies
 from soce import __version__
 from soce.config import Settings, get_settings
@@ -45,7 +45,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     secret = settings.dashboard_secret
     app.state.dashboard_secret = sha256(secret.encode()).digest() if secret else token_bytes(32)
     install_error_handlers(app)
-    for module in (candidates, suites, jobs, soups, schedules, health, dashboard):
+    for module in (candidates, suites, jobs, soups, schedules, schemas, health, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")
     return app

@@ -6,9 +6,7 @@ Optuna nor torch).
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -17,6 +15,7 @@ from sqlalchemy.orm import Session
 from api.trials import OptunaStudies
 from soce.db.models import JOB_FINISHED_STATES, Candidate, Job, Schedule, Soup
 from soce.report import render_report_sections
+from soce.schemas.report import Report, stored_report
 
 STAGES = ("scoring", "analysing", "searching", "finalizing", "done")
 
@@ -141,21 +140,17 @@ def trial_history(job: Job, optuna: OptunaStudies) -> list[dict[str, Any]]:
     return history
 
 
-def job_report(job: Job, soup: Soup | None, optuna: OptunaStudies) -> dict[str, Any]:
-    """The job as the local report's dict: its report.json when written, else what the rows hold so far."""
+def job_report(job: Job, soup: Soup | None, optuna: OptunaStudies) -> Report | dict[str, Any]:
+    """The job's typed Report once it is done; before that, what the rows hold so far (scores,
+    correlations, experts, the search's summary) in the report's shape, for the same sections."""
     analysis = job.analysis or {}
-    path = (analysis.get("report") or {}).get("json")
-    if path and Path(path).is_file():
-        try:
-            report = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError):
-            report = None
-        if isinstance(report, dict):
-            return report
+    report = stored_report(analysis)
+    if report is not None:
+        return report
     scores = analysis.get("scores") or {}
     dev, dev_avg = _matrix_scores(scores.get("dev"))
     test, test_avg = _matrix_scores(scores.get("test"))
-    report: dict[str, Any] = {
+    return {
         "candidates": (scores.get("dev") or {}).get("candidates") or [],
         "categories": (scores.get("dev") or {}).get("categories") or [],
         "dev_scores": dev,
@@ -167,25 +162,13 @@ def job_report(job: Job, soup: Soup | None, optuna: OptunaStudies) -> dict[str, 
         "warnings": analysis.get("warnings") or [],
         "search": {**(analysis.get("search") or {}), "history": []},
     }
-    for key in ("verdict", "decision", "selection"):  # the finalize step's, before report.json is read
-        if analysis.get(key):
-            report[key] = analysis[key]
-    if soup is not None:
-        weights = soup.weights or {}  # SoupWeights.as_dict(): {"weights": {expert: w}, "layer_weights"}
-        report["weights"] = weights.get("weights") or {}
-        report["layer_weights"] = weights.get("layer_weights") or {}
-        s = soup.scores or {}
-        report["soup"] = {k: s.get(k) for k in ("test", "test_average", "dev_average", "intervals")}
-        report["baselines"] = s.get("baselines") or {}
-    return report
 
 
 def job_sections(job: Job, soup: Soup | None, optuna: OptunaStudies) -> dict[str, str]:
     """The job page's charts and tables as HTML (escaped inline SVG): report.html's sections."""
     report = job_report(job, soup, optuna)
-    history = trial_history(job, optuna)
-    if history:  # the live trials beat a report's copy while the search runs
-        report["search"] = {**(report.get("search") or {}), "history": history}
+    if isinstance(report, dict):  # the job is not done: the live trials, as the search runs
+        report["search"]["history"] = trial_history(job, optuna)
     return render_report_sections(report)
 
 

@@ -16,6 +16,7 @@ from pydantic import (
 )
 
 from soce.db.models import JOB_STATES, Candidate, Job, Schedule, ScheduleRun, Soup, Suite
+from soce.schemas.report import Decision, Report
 from soce.schemas.run import RunRecipe
 from soce.schemas.schedule import CandidateSource as CandidateSource
 from soce.schemas.schedule import PromotionPolicy as PromotionPolicy
@@ -218,10 +219,13 @@ class JobDetail(JobPublic):
         description="the outcome in one line: use the soup (its gain over the best single candidate on "
         "test), or keep the named candidate; null until the job is done",
     )
-    decision: dict[str, Any] | None = Field(
+    decision: Decision | None = Field(
+        None, description="the final model: a soup or the best single candidate; null until the job is done"
+    )
+    report: Report | None = Field(
         None,
-        description="kind (soup or single), name, model (the folder to use), test_average, "
-        "vs_best_single {diff, low, high}, reason",
+        description="everything the run produced, as its report.json holds it (JSON Schema: "
+        "/v1/schemas/report); null until the job is done",
     )
     recipe: dict[str, Any]
     suite: SuiteBrief

@@ -75,7 +75,7 @@ class TrialFailed(JobError):
     """A trial's evaluation raised: the trial is failed in the study, and the job with it."""
 
 
-class JobCancelled(Exception):  # noqa: N818 (a signal to stop, not an error)
+class JobCancelled(Exception):
     """The job was cancelled (or deleted) while a step ran: the step stops and leaves the state as it is."""
 
 

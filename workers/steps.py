@@ -18,7 +18,7 @@ from sqlalchemy import Engine, select, update
 
 from soce.db import Candidate, Job, Soup, session_scope
 from soce.errors import SoceError
-from soce.schemas.report import Report
+from soce.schemas.report import Report, soup_scores
 from workers.context import Context, resident_soup, run_inputs
 from workers.jobrows import now
 from workers.metrics import count_score_cache
@@ -165,22 +165,7 @@ def store_soup(ctx: Context, report: Report, soup_path: Path, *, study: str, tri
     values = {
         "content_hash": soup_hash,
         "weights": weights,
-        "scores": {
-            "verdict": report.verdict,
-            "decision": report.decision.model_dump(mode="json"),
-            "recommended": soup.recommended,
-            "dev_average": soup.dev_average,
-            "selection_average": soup.selection_average,
-            "test": soup.test,
-            "test_average": soup.test_average,
-            "test_average_interval": list(soup.test_average_interval),
-            "test_average_from_disk": soup.test_average_from_disk,
-            "intervals": {k: v.model_dump(mode="json") for k, v in soup.intervals.items()},
-            "baselines": {
-                name: {"test_average": b.test_average, "dev_average": b.dev_average}
-                for name, b in report.baselines.items()
-            },
-        },
+        "scores": soup_scores(report),
         "lineage": {
             "method": soup.method,
             "dtype": soup.dtype,

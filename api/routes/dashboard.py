@@ -26,6 +26,7 @@ from api.deps import OptunaDep, SessionDep, SettingsDep
 from soce.db import crud
 from soce.db.apikeys import verify_api_key
 from soce.db.models import JOB_FINISHED_STATES, Job, Soup
+from soce.schemas.report import report_files, stored_report
 
 HERE = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -87,7 +88,8 @@ def _job(session: Any, job_id: int) -> tuple[Job, Soup | None]:
 
 def _job_context(job: Job, soup: Soup | None, optuna: Any, settings: Any) -> dict[str, Any]:
     analysis = job.analysis or {}
-    report = analysis.get("report") or {}
+    report = stored_report(analysis)
+    files = report_files(analysis)
     soup_files: list[tuple[str, bool]] = []  # (name, served here)
     if soup is not None and Path(soup.path).is_dir():
         soup_files = sorted((p.name, _servable(p)) for p in Path(soup.path).iterdir() if p.is_file())
@@ -110,12 +112,12 @@ def _job_context(job: Job, soup: Soup | None, optuna: Any, settings: Any) -> dic
         "age": views.age(job.created_at),
         "soup": soup,
         "soup_files": soup_files,
-        "has_report": bool(report.get("html") and Path(report["html"]).is_file()),
+        "has_report": bool(files.get("html") and Path(files["html"]).is_file()),
         "has_card": soup is not None and (Path(soup.path) / "README.md").is_file(),
         "optuna_link": optuna_link,
         "sections": sections,
-        "verdict": (job.analysis or {}).get("verdict"),
-        "decision": (job.analysis or {}).get("decision") or {},
+        "verdict": report.verdict if report else None,
+        "decision": report.decision if report else {},
     }
 
 
@@ -142,7 +144,7 @@ def job_live(
 def _job_file(session: Any, job_id: int, which: str) -> Path:
     job, soup = _job(session, job_id)
     if which == "report":
-        path = ((job.analysis or {}).get("report") or {}).get("html")
+        path = report_files(job.analysis).get("html")
     else:
         path = str(Path(soup.path) / "README.md") if soup is not None else None
     if not path or not Path(path).is_file():

@@ -27,6 +27,7 @@ from api.trials import OptunaStudies
 from soce.db import crud
 from soce.db.models import Job, Suite
 from soce.errors import SoceError
+from soce.schemas.report import stored_report
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -163,13 +164,6 @@ def _get_job(session: SessionDep, job_id: int) -> Job:
     return job
 
 
-def _from_analysis(analysis: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if key in analysis:
-            return analysis[key]
-    return None
-
-
 def _recorded_best(analysis: dict[str, Any], study_name: str) -> int | None:
     """The best trial's number as the job's finished search recorded it (workers' analysis["search"])."""
     search = analysis.get("search")
@@ -187,20 +181,22 @@ def get_job(job_id: int, request: Request) -> Response:
         raise not_found(f"job {job_id}")
     optuna: OptunaStudies = request.app.state.optuna
     analysis = fields["analysis"]
-    best = _from_analysis(analysis or {}, "best_trial")
+    best = None
     study_name = fields["study_name"]
-    if best is None and study_name:
+    if study_name:
         try:
             best = optuna.best_trial(study_name, number=_recorded_best(analysis or {}, study_name))
         except SoceError as e:  # the job is still worth showing without it
             log.warning("job %d: best trial unavailable: %s", job_id, e)
+    report = stored_report(analysis)
     detail = JobDetail(
         **fields,
-        verdict=(analysis or {}).get("verdict"),
-        decision=(analysis or {}).get("decision"),
-        score_matrix=_from_analysis(analysis or {}, "score_matrix", "scores", "dev_scores"),
-        correlations=_from_analysis(analysis or {}, "correlations", "correlation"),
-        experts=_from_analysis(analysis or {}, "experts"),
+        verdict=report.verdict if report else None,
+        decision=report.decision if report else None,
+        report=report,
+        score_matrix=((analysis or {}).get("scores") or {}).get("dev"),
+        correlations=(analysis or {}).get("correlation"),
+        experts=(analysis or {}).get("experts"),
         best_trial=best,
     )
     return _json(detail)

@@ -228,3 +228,38 @@ class Report(_Result):
     def as_json(self) -> dict[str, Any]:
         """The report as JSON data (NaN and infinities as null), as report.json and the API hold it."""
         return self.model_dump(mode="json")
+
+
+def stored_report(analysis: dict[str, Any] | None) -> Report | None:
+    """The Report a finished job stored (Job.analysis["report"]); None while the job has none."""
+    data = (analysis or {}).get("report")
+    if not isinstance(data, dict) or "verdict" not in data:
+        return None
+    return Report.model_validate(data)
+
+
+def report_files(analysis: dict[str, Any] | None) -> dict[str, str]:
+    """Where a finished job wrote report.json and report.html ({"json": path, "html": path}), or {}."""
+    files = (analysis or {}).get("files")
+    return {k: str(v) for k, v in files.items()} if isinstance(files, dict) else {}
+
+
+def soup_scores(report: Report) -> dict[str, Any]:
+    """The soup row's scores (the soups API and the schedules' promotion gate read them), from a Report."""
+    soup = report.soup
+    return {
+        "verdict": report.verdict,
+        "decision": report.decision.model_dump(mode="json"),
+        "recommended": soup.recommended,
+        "dev_average": soup.dev_average,
+        "selection_average": soup.selection_average,
+        "test": soup.test,
+        "test_average": soup.test_average,
+        "test_average_interval": list(soup.test_average_interval),
+        "test_average_from_disk": soup.test_average_from_disk,
+        "intervals": {k: v.model_dump(mode="json") for k, v in soup.intervals.items()},
+        "baselines": {
+            name: {"test_average": b.test_average, "dev_average": b.dev_average}
+            for name, b in report.baselines.items()
+        },
+    }

@@ -5,6 +5,7 @@ Written straight to the database, the way the workers leave them; no worker runs
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,11 +15,15 @@ from sqlalchemy import Engine
 from soce.config import Settings
 from soce.db import session_scope
 from soce.db.models import Candidate, Job, Soup, Suite
+from soce.schemas.report import Report, soup_scores
 
-CATEGORIES = ["arithmetic", "strings", "logic"]
-CANDIDATES = ["math-ft", "string-ft", "logic-ft"]
-DEV = [[0.8, 0.3, 0.5], [0.2, 0.9, 0.4], [0.4, 0.5, 0.7]]
-STUDY = "soce-tpe-dashboard0000000"
+# a report.json written by a real run (`soce demo`), validated against the Report schema by
+# tests/schemas/test_report.py: the finished job stores it as finalize does
+REPORT = json.loads((Path(__file__).parents[1] / "data" / "report-demo.json").read_text())
+CATEGORIES = REPORT["categories"]
+CANDIDATES = REPORT["candidates"]
+DEV = [[REPORT["dev_scores"][c][k] for k in CATEGORIES] for c in CANDIDATES]
+STUDY = REPORT["search"]["study"]
 
 
 @dataclass(frozen=True)
@@ -26,44 +31,6 @@ class Jobs:
     done: int
     running: int
     failed: int
-
-
-# what a finished job's finalize step stores: the verdict, the decision and the contenders compared
-DECIDED = {
-    "verdict": "use the soup: +5.3 [+1.0, +9.0] over math-ft on test",
-    "decision": {"kind": "soup", "name": "nightly-mini", "model": "/soups/job-1/soup", "test_average": 0.673},
-    "selection": {
-        "chosen": "trial_3",
-        "kind": "soup",
-        "fraction": 0.5,
-        "level": 0.95,
-        "reason": "trial 3 is ahead of best single (math-ft) on the selection part by +6.0 points",
-        "contenders": [
-            {
-                "name": "best_single",
-                "label": "best single (math-ft)",
-                "kind": "single",
-                "average": 0.6,
-                "diff": 0.0,
-                "low": 0.0,
-                "passed": False,
-                "search_average": 0.63,
-                "test_average": 0.62,
-            },
-            {
-                "name": "trial_3",
-                "label": "trial 3",
-                "kind": "soup",
-                "average": 0.66,
-                "diff": 0.06,
-                "low": 0.02,
-                "passed": True,
-                "search_average": 0.66,
-                "test_average": 0.673,
-            },
-        ],
-    },
-}
 
 
 def _matrix(split: str, values: list[list[float]]) -> dict:
@@ -74,8 +41,8 @@ def _matrix(split: str, values: list[list[float]]) -> dict:
         "candidates": CANDIDATES,
         "categories": CATEGORIES,
         "values": values,
-        "stderr": [[0.01] * 3] * 3,
-        "n": [[100] * 3] * 3,
+        "stderr": [[0.01] * len(CATEGORIES)] * len(CANDIDATES),
+        "n": [[100] * len(CATEGORIES)] * len(CANDIDATES),
         "average": [sum(r) / len(r) for r in values],
     }
 
@@ -93,10 +60,7 @@ def _analysis() -> dict:
             "weak_categories": CATEGORIES,
             "explanation": "every pair is below tau",
         },
-        "experts": [
-            {"category": c, "candidate": n, "score": DEV[i][i], "reason": f"best dev score on {c}"}
-            for i, (c, n) in enumerate(zip(CATEGORIES, CANDIDATES, strict=True))
-        ],
+        "experts": REPORT["experts"],
         "warnings": [],
     }
 
@@ -142,7 +106,7 @@ def make_jobs(engine: Engine, settings: Settings, soup_dir: Path) -> Jobs:
             analysis={
                 **analysis,
                 "search": {"study": STUDY, "best_trial": 3, "best_dev_objective": 0.66},
-                **DECIDED,
+                "report": REPORT,
             },
             study_name=STUDY,
             timings={"score": 3.0, "analyse": 0.1, "search": 12.0, "finalize": 4.0},
@@ -174,18 +138,8 @@ def make_jobs(engine: Engine, settings: Settings, soup_dir: Path) -> Jobs:
                 job_id=done.id,
                 path=str(soup_dir),
                 content_hash="e" * 64,
-                weights={"weights": dict(zip(CANDIDATES, [0.5, 0.3, 0.2], strict=True))},
-                scores={
-                    "dev_average": 0.66,
-                    "test": {"arithmetic": 0.7, "strings": 0.72, "logic": 0.6},
-                    "test_average": 0.673,
-                    "intervals": {"vs_best_single": {"diff": 0.05, "low": 0.01, "high": 0.09, "level": 0.95}},
-                    "baselines": {
-                        "best_single": {"test_average": 0.62, "dev_average": 0.63},
-                        "uniform": {"test_average": 0.55, "dev_average": 0.56},
-                        "greedy": {"test_average": 0.64, "dev_average": 0.65},
-                    },
-                },
+                weights={"weights": REPORT["weights"]},
+                scores=soup_scores(Report.model_validate(REPORT)),
             )
         )
         jobs = Jobs(done=done.id, running=running.id, failed=failed.id)

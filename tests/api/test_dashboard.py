@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from api.dashboard_session import COOKIE
 from soce.config import Settings
 from soce.db import create_api_key, session_scope
 from soce.db.models import Job, Schedule
-from tests.api.dashboard_rows import Jobs, make_jobs
+from tests.api.dashboard_rows import REPORT, Jobs, make_jobs
 
 ORIGIN = {"Origin": "http://testserver"}
 
@@ -69,11 +70,12 @@ def test_pages_show_the_jobs(client: TestClient, jobs: Jobs) -> None:
     done = client.get(f"/jobs/{jobs.done}").text
     for chart in ("scores-dev", "correlation-pearson", "history", "weights", "baselines"):
         assert f'data-chart="{chart}"' in done
-    assert "best dev score on arithmetic" in done and "Model card" in done
+    assert html.escape(REPORT["experts"][0]["reason"]) in done and "Model card" in done
     # the verdict opens the job page, before the charts; the final choice lists every contender
     assert done.index('id="verdict"') < done.index('data-chart="scores-dev"')
-    assert "use the soup: +5.3 [+1.0, +9.0] over math-ft on test" in done
-    assert 'id="selection"' in done and "trial 3 (chosen)" in done
+    assert html.escape(REPORT["verdict"]) in done  # the stored Report's, as the run wrote it
+    chosen = next(c for c in REPORT["selection"]["contenders"] if c["name"] == REPORT["selection"]["chosen"])
+    assert 'id="selection"' in done and html.escape(f"{chosen['label']} (chosen)") in done
     assert 'id="verdict"' not in client.get(f"/jobs/{jobs.running}").text  # no verdict before the end
     assert "optuna-dashboard" not in done  # no URL set: no link
     assert client.get(f"/jobs/{jobs.done}/model-card").text.startswith("# soup")
@@ -155,6 +157,7 @@ def test_optuna_dashboard_link_opens_the_jobs_study(app: FastAPI, client: TestCl
     from tests.api.dashboard_rows import STUDY
 
     app.state.settings = app.state.settings.model_copy(update={"optuna_dashboard_url": "http://optuna.test/"})
-    study_id = optuna.load_study(study_name=STUDY, storage=app.state.settings.optuna_url())._study_id
+    storage = optuna.storages.RDBStorage(app.state.settings.optuna_url())
+    study_id = storage.get_study_id_from_name(STUDY)
     page = client.get(f"/jobs/{jobs.done}").text
     assert f'href="http://optuna.test/dashboard/studies/{study_id}"' in page

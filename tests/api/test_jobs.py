@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import redis
 from fastapi import FastAPI
 
 from soce.db import Job, Soup, session_scope
+from tests.api.dashboard_rows import REPORT
 from tests.api.factories import make_suite, queued_messages, register
 
 
@@ -140,11 +143,12 @@ def test_job_detail_shows_what_the_workers_wrote(
     job_id = client.post(
         "/v1/jobs", json={"candidate_ids": ids, "suite_id": suite_id}, headers=writer
     ).json()["id"]
+    # the keys the workers' steps write (workers/steps.py): score matrices, the analysis result
+    dev = {"candidates": ["candidate-0"], "categories": ["arithmetic"], "values": [[0.5]]}
     analysis = {
-        "score_matrix": {"candidate-0": {"arithmetic": 0.5, "strings": 0.25}},
-        "correlations": {"pearson": [[1.0, -0.2], [-0.2, 1.0]]},
-        "experts": [{"category": "arithmetic", "candidate": "candidate-0"}],
-        "best_trial": {"number": 3, "values": [0.61]},
+        "scores": {"dev": dev, "test": dev},
+        "correlation": REPORT["correlation"],
+        "experts": REPORT["experts"],
     }
     with session_scope(app.state.engine) as session:
         job = session.get(Job, job_id)
@@ -153,20 +157,21 @@ def test_job_detail_shows_what_the_workers_wrote(
         session.add(Soup(job_id=job_id, path=str(tmp_path / "soup"), weights={"candidate-0": 1.0}, scores={}))
     detail = client.get(f"/v1/jobs/{job_id}").json()
     assert detail["state"] == "finalizing" and detail["progress"]["scoring"] == {"done": 6, "total": 6}
-    assert detail["score_matrix"] == analysis["score_matrix"]
-    assert detail["correlations"] == analysis["correlations"] and detail["experts"] == analysis["experts"]
-    assert detail["best_trial"] == analysis["best_trial"] and detail["timings"] == {"scoring": 12.5}
+    assert detail["score_matrix"] == dev and detail["timings"] == {"scoring": 12.5}
+    assert detail["correlations"] == REPORT["correlation"] and detail["experts"] == REPORT["experts"]
     assert detail["soup"]["weights"] == {"candidate-0": 1.0}
-    assert detail["verdict"] is None and detail["decision"] is None  # no decision before the job is done
-    # a done job's detail opens with its verdict, then the decision the finalize step stored
-    decision = {"kind": "single", "name": "candidate-0", "model": "/ckpt/candidate-0", "test_average": 0.5}
-    verdict = "keep candidate-0: no soup beat it on the selection split"
+    assert detail["verdict"] is None and detail["decision"] is None and detail["report"] is None
+    # a done job's detail opens with its verdict, then the decision, from the Report finalize stored
     with session_scope(app.state.engine) as session:
         job = session.get(Job, job_id)
-        job.state, job.analysis = "done", {**analysis, "verdict": verdict, "decision": decision}
+        job.state, job.analysis = "done", {**analysis, "report": REPORT}
     response = client.get(f"/v1/jobs/{job_id}")
     detail = response.json()
-    assert next(iter(detail)) == "verdict" and detail["verdict"] == verdict
-    assert detail["decision"] == decision
-    assert response.text.startswith('{"verdict":"keep candidate-0')
+    assert next(iter(detail)) == "verdict" and detail["verdict"] == REPORT["verdict"]
+    assert detail["decision"] == REPORT["decision"] and detail["report"] == REPORT
+    assert response.text.startswith('{"verdict":' + json.dumps(REPORT["verdict"]))
+    # the Report's JSON Schema is published, and the OpenAPI document refers to it
+    schema = client.get("/v1/schemas/report").json()
+    assert schema["title"] == "Report" and set(schema["required"]) >= {"verdict", "decision", "soup"}
+    assert "Report" in client.get("/openapi.json").json()["components"]["schemas"]
     assert client.get("/v1/jobs/999").status_code == 404
