@@ -14,10 +14,11 @@ from sqlalchemy.orm import Session
 
 from api.trials import OptunaStudies
 from soce.db.models import JOB_FINISHED_STATES, Candidate, Job, Schedule, Soup
+from soce.flow import JobState
 from soce.report import render_report_sections
 from soce.schemas.report import Report, stored_report
 
-STAGES = ("scoring", "analysing", "searching", "finalizing", "done")
+STAGES = (JobState.SCORING, JobState.ANALYSING, JobState.SEARCHING, JobState.FINALIZING, JobState.DONE)
 
 
 def age(when: datetime | None, now: datetime | None = None) -> str:
@@ -55,7 +56,7 @@ def best_dev(job: Job, optuna: OptunaStudies) -> float | None:
     search = (job.analysis or {}).get("search") or {}
     if search.get("best_dev_objective") is not None:
         return search["best_dev_objective"]
-    if job.study_name and job.state == "searching":
+    if job.study_name and job.state == JobState.SEARCHING:
         best = optuna.best_trial(job.study_name)
         if best and best.get("values"):
             return best["values"][0]
@@ -85,25 +86,25 @@ def timeline(job: Job) -> list[dict[str, Any]]:
     """The pipeline's stages, each 'done', 'current', 'failed' or 'pending', with its seconds if timed."""
     timings = job.timings or {}
     seconds = {
-        "scoring": timings.get("score"),
-        "analysing": timings.get("analyse"),
-        "searching": timings.get("search"),
-        "finalizing": timings.get("finalize"),
+        JobState.SCORING: timings.get("score"),
+        JobState.ANALYSING: timings.get("analyse"),
+        JobState.SEARCHING: timings.get("search"),
+        JobState.FINALIZING: timings.get("finalize"),
     }
-    if job.state == "done":
+    if job.state == JobState.DONE:
         reached = len(STAGES)
     elif job.state in STAGES:
         reached = STAGES.index(job.state)
-    elif job.state == "queued":
+    elif job.state == JobState.QUEUED:
         reached = -1
     else:  # failed or cancelled: stopped at the first stage without a timing
         reached = next((i for i, s in enumerate(STAGES) if seconds.get(s) is None), len(STAGES) - 1)
     out = []
     for i, stage in enumerate(STAGES):
-        if i < reached or job.state == "done":
+        if i < reached or job.state == JobState.DONE:
             status = "done"
         elif i == reached:
-            status = job.state if job.state in ("failed", "cancelled") else "current"
+            status = job.state if job.state in (JobState.FAILED, JobState.CANCELLED) else "current"
         else:
             status = "pending"
         out.append({"stage": stage, "status": status, "seconds": seconds.get(stage)})

@@ -3,29 +3,26 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    StringConstraints,
-    ValidationError,
     model_serializer,
     model_validator,
 )
 
 from soce.db.models import JOB_STATES, Candidate, Job, Schedule, ScheduleRun, Soup, Suite
 from soce.schemas.report import Decision, Report
-from soce.schemas.run import RunRecipe
 from soce.schemas.schedule import CandidateSource as CandidateSource
 from soce.schemas.schedule import PromotionPolicy as PromotionPolicy
+from soce.schemas.schedule import RecipeTemplate, Tag
 from soce.schemas.schedule import ScheduleCreate as ScheduleCreate
 from soce.schemas.schedule import ScheduleUpdate as ScheduleUpdate
 from soce.schemas.suite import SuiteSpec
 
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
-JobState = Literal[JOB_STATES]  # type: ignore[valid-type]
+JobStateName = Literal[JOB_STATES]  # type: ignore[valid-type]
 
 
 # --- candidates ------------------------------------------------------------------------------
@@ -42,7 +39,7 @@ class CandidatePublic(BaseModel):
     id: int
     name: str
     path: str
-    content_hash: str | None = Field(description="null while the background hashing runs")
+    content_hash: str | None = Field(description="null until a cpu worker has hashed the checkpoint")
     hashing: bool = Field(description="true until content_hash (or error) is set")
     architecture: dict[str, Any] | None
     size_bytes: int | None
@@ -97,59 +94,20 @@ class SuitePublic(BaseModel):
 
 
 # --- jobs ------------------------------------------------------------------------------------
-# The RunRecipe fields a job takes from its request: candidates and suite come by id, output is the
-# workers' business.
-SEARCH_FIELDS = tuple(n for n in RunRecipe.model_fields if n not in ("candidates", "suite", "output"))
-
-
-class JobCreate(BaseModel):
-    """A SoCE run over registered candidates (by id or by tag) and a stored suite, with search settings."""
-
-    model_config = ConfigDict(extra="forbid")
+class JobCreate(RecipeTemplate):
+    """A SoCE run over registered candidates (by id or by tag) and a stored suite, with search settings
+    (RecipeTemplate's: RunRecipe's own fields, defaults, bounds and cross-field rules)."""
 
     candidate_ids: list[int] | None = Field(None, min_length=2, description="registered candidate ids")
     tag: Tag | None = Field(None, description="every candidate carrying this tag, instead of candidate_ids")
-    suite_id: int = Field(description="a stored suite's id")
-    # the search settings: RunRecipe's own fields, with its defaults and bounds
-    name: str = RunRecipe.model_fields["name"]
-    evaluator: Literal["lm_eval"] = RunRecipe.model_fields["evaluator"]
-    batch_size: int | None = RunRecipe.model_fields["batch_size"]
-    correlation: Literal["pearson", "spearman"] = RunRecipe.model_fields["correlation"]
-    tau: float = RunRecipe.model_fields["tau"]
-    absolute: bool = RunRecipe.model_fields["absolute"]
-    max_experts: int | None = RunRecipe.model_fields["max_experts"]
-    sampler: Literal["grid", "tpe", "cmaes", "nsga2"] = RunRecipe.model_fields["sampler"]
-    n_trials: int | None = RunRecipe.model_fields["n_trials"]
-    parallel_trials: int = RunRecipe.model_fields["parallel_trials"]
-    space: Literal["simplex", "layerwise"] = RunRecipe.model_fields["space"]
-    layer_groups: int = RunRecipe.model_fields["layer_groups"]
-    pruning: bool = RunRecipe.model_fields["pruning"]
-    greedy_strict: bool = RunRecipe.model_fields["greedy_strict"]
-    include_best_single: bool = RunRecipe.model_fields["include_best_single"]
-    selection_fraction: float = RunRecipe.model_fields["selection_fraction"]
-    selection_trials: int = RunRecipe.model_fields["selection_trials"]
-    seed: int = RunRecipe.model_fields["seed"]
-    bootstrap_iterations: int = RunRecipe.model_fields["bootstrap_iterations"]
-    confidence: float = RunRecipe.model_fields["confidence"]
-    dtype: Literal["float32", "bfloat16", "float16"] | None = RunRecipe.model_fields["dtype"]
 
     @model_validator(mode="after")
-    def _consistent(self) -> JobCreate:
+    def _one_source(self) -> JobCreate:
         if (self.candidate_ids is None) == (self.tag is None):
             raise ValueError("give exactly one of 'candidate_ids' or 'tag'")
         if self.candidate_ids is not None and len(set(self.candidate_ids)) != len(self.candidate_ids):
             raise ValueError("candidate_ids lists a candidate more than once")
-        try:  # RunRecipe's own cross-field rules (grid with layerwise, nsga2 with pruning)
-            RunRecipe.model_validate({"candidates": ["-"], "suite": "-", **self.search_settings()})
-        except ValidationError as e:
-            raise ValueError(
-                "; ".join(err["msg"].removeprefix("Value error, ") for err in e.errors())
-            ) from None
         return self
-
-    def search_settings(self) -> dict[str, Any]:
-        """The recipe stored on the job: RunRecipe's fields but candidates, suite and output."""
-        return {n: getattr(self, n) for n in SEARCH_FIELDS}
 
 
 class JobPublic(BaseModel):

@@ -1,4 +1,4 @@
-"""The decisions: correlations, category experts, weight search, greedy soup, intervals, reports.
+"""The decisions: correlations, category experts, weight search, greedy soup, intervals, the final choice.
 
 Evaluation reaches this package as a callable; it never imports evaluators, Celery or the database.
 """

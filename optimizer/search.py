@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from optimizer.records import SearchResult, objective_of, record
 from optimizer.samplers import SearchConfig, make_sampler, seed_for
 from optimizer.space import SearchSpace, SoupWeights, grid_points
-from optimizer.trial_store import TrialStore
+from optimizer.trial_store import TrialStore, use_sampler
 from soce.errors import SearchError
 
 if TYPE_CHECKING:
@@ -80,11 +80,11 @@ class WeightSearch:
             "sampler": config.sampler,
             "categories": self.categories,
         }
-        self.storage = (
-            storage
-            if isinstance(storage, optuna.storages.BaseStorage)
-            else optuna.storages.get_storage(storage)
-        )
+        if storage is None:
+            storage = optuna.storages.InMemoryStorage()
+        elif isinstance(storage, str):
+            storage = optuna.storages.RDBStorage(storage)
+        self.storage = storage
         try:
             self.study = optuna.create_study(
                 study_name=study_name,
@@ -260,9 +260,8 @@ class WeightSearch:
         numbers: list[int] = []
         size = len(self.study.get_trials(deepcopy=False)) if count > 0 else 0
         for _ in range(max(count, 0)):
-            self.study.sampler = make_sampler(
-                replace(self.config, seed=seed_for(self.config.seed, size)), self.space
-            )
+            sampler = make_sampler(replace(self.config, seed=seed_for(self.config.seed, size)), self.space)
+            use_sampler(self.study, sampler)
             trial = self.study.ask()
             size = max(size, trial.number + 1)  # a new trial, unless an enqueued one was asked
             for key, value in (attrs or {}).items():

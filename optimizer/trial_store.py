@@ -6,7 +6,8 @@ holds a trial number, not an `optuna.Trial`. Telling works by number through the
 storage's public methods (`BaseStorage.get_study_id_from_name`,
 `get_trial_id_from_study_id_trial_number`, `get_trial`, `set_trial_user_attr`). Every call to Optuna
 below the Study API is in this module, and tests/optimizer/test_trial_store.py pins the behaviour it
-relies on, so an Optuna release that changes it fails there.
+relies on, so an Optuna release that changes it fails there. So does `use_sampler`: the sampler of a
+loaded study is replaced before each ask, which Optuna allows by assigning `Study.sampler`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,11 @@ if TYPE_CHECKING:
     import optuna
 
 log = logging.getLogger(__name__)
+
+
+def use_sampler(study: optuna.Study, sampler: optuna.samplers.BaseSampler) -> None:
+    """Let `sampler` choose the next trials `study.ask()` asks."""
+    study.sampler = sampler
 
 
 class TrialStore:

@@ -25,7 +25,7 @@ from soce.schemas.suite import SuiteSpec, canonical_hash
 from workers.finalize import RunResult
 from workers.flow import run_job
 from workers.jobrows import fail_job
-from workers.pipeline import candidate_labels
+from workers.pipeline import candidate_labels, ensure_soupable
 from workers.progress import Stages
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,8 @@ def create_local_job(engine: Engine, recipe: RunRecipe) -> int:
     Candidates that cannot be souped together, or a suite that cannot be read, are refused before
     anything is written.
     """
-    from soce.checkpoints import Checkpoint, ensure_compatible
-
     paths = candidate_labels(recipe.candidate_paths())
-    ckpts = [Checkpoint.open(p) for p in paths.values()]
-    try:
-        ensure_compatible(ckpts)
-    finally:
-        for c in ckpts:
-            c.close()
+    ensure_soupable(paths.values())
     spec = SuiteSpec.from_file(recipe.suite)
     data = spec.model_dump(mode="json")
     digest = canonical_hash(data)

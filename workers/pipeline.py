@@ -10,7 +10,8 @@ the search part; the final model is chosen on the selection part, which none of 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -63,18 +64,19 @@ def candidate_labels(paths: Sequence[Path]) -> dict[str, Path]:
     return {str(p): p for p in paths}
 
 
+def ensure_soupable(paths: Iterable[Path]) -> None:
+    """Refuse candidates that cannot be souped together; the error names the folder and the problem."""
+    with ExitStack() as stack:
+        ensure_compatible([stack.enter_context(Checkpoint.open(p)) for p in paths])
+
+
 def open_run(recipe: RunRecipe, *, settings: Settings | None = None) -> RunInputs:
     """Resolve the candidates, check they can be souped, load the suite, build the evaluator."""
     from evaluators import apply_offline_environment, build_evaluator
 
     settings = settings or get_settings()
     paths = candidate_labels(recipe.candidate_paths())
-    ckpts = [Checkpoint.open(p) for p in paths.values()]
-    try:
-        ensure_compatible(ckpts)
-    finally:
-        for c in ckpts:
-            c.close()
+    ensure_soupable(paths.values())
     suite = SuiteSpec.from_file(recipe.suite)
     apply_offline_environment(settings)
     evaluator = build_evaluator(recipe.evaluator, batch_size=recipe.batch_size, settings=settings)

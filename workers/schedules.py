@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session
 from soce.db import crud
 from soce.db.engine import session_scope
 from soce.db.models import Candidate, Job, Schedule, ScheduleRun, Soup, Suite
-from soce.flow import TaskName
+from soce.flow import JobState, TaskName
 from soce.schedules import ScheduleError, next_fire
 
 log = logging.getLogger(__name__)
@@ -222,7 +222,7 @@ def tick(
             with session_scope(engine) as session:
                 job = session.get(Job, job_id)
                 if job is not None:
-                    job.state, job.error = "failed", f"could not be enqueued ({type(e).__name__}: {e})"
+                    job.state, job.error = JobState.FAILED, f"could not be enqueued ({type(e).__name__}: {e})"
     for run_id in ended:
         if notify_later is not None:
             try:
@@ -334,10 +334,10 @@ def judge(session: Session, run: ScheduleRun, *, data_dir: Path, now: datetime) 
     if job is None:
         run.outcome, run.error, run.finished_at = "failed", "the run's job was deleted", now
         return True
-    if job.state in ("failed", "cancelled"):
+    if job.state in (JobState.FAILED, JobState.CANCELLED):
         run.outcome, run.error, run.finished_at = "failed", job.error or f"job {job.state}", now
         return True
-    if job.state != "done":
+    if job.state != JobState.DONE:
         return False
     try:
         soup = session.scalar(select(Soup).where(Soup.job_id == job.id).order_by(Soup.id.desc()).limit(1))

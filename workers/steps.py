@@ -27,15 +27,10 @@ log = logging.getLogger(__name__)
 
 
 def start(ctx: Context) -> dict[str, Any]:
-    """Check the candidates can be souped and the suite and recipe are valid."""
-    from soce.checkpoints import Checkpoint, ensure_compatible
+    """Check the candidates can be souped (the suite and recipe were checked reading the job)."""
+    from workers.pipeline import ensure_soupable
 
-    ckpts = [Checkpoint.open(p) for p in ctx.spec.paths.values()]
-    try:
-        ensure_compatible(ckpts)
-    finally:
-        for c in ckpts:
-            c.close()
+    ensure_soupable(ctx.spec.paths.values())
     return {"started_at": now(), "error": None}
 
 

@@ -19,7 +19,7 @@ from api.schemas import (
     JobDetail,
     JobPage,
     JobPublic,
-    JobState,
+    JobStateName,
     TrialPage,
     TrialPublic,
 )
@@ -27,6 +27,7 @@ from api.trials import OptunaStudies
 from soce.db import crud
 from soce.db.models import Job, Suite
 from soce.errors import SoceError
+from soce.flow import JobState
 from soce.schemas.report import stored_report
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,7 @@ def create_job(
         queue.start_job(job.id)
     except Exception as e:  # broker down: the job must not sit queued with no message behind it
         log.error("job %d could not be enqueued: %s", job.id, e)
-        job.state, job.error = "failed", f"could not be enqueued ({type(e).__name__}: {e})"
+        job.state, job.error = JobState.FAILED, f"could not be enqueued ({type(e).__name__}: {e})"
         session.commit()
         raise HTTPException(
             status.HTTP_503_SERVICE_UNAVAILABLE,
@@ -142,7 +143,7 @@ def _json(model: BaseModel) -> Response:
 @router.get("", response_model=JobPage)
 def list_jobs(
     request: Request,
-    state: Annotated[JobState | None, Query(description="only jobs in this state")] = None,
+    state: Annotated[JobStateName | None, Query(description="only jobs in this state")] = None,
     name: Annotated[str | None, Query(min_length=1, description="only jobs whose name contains this")] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0)] = 0,

@@ -10,6 +10,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from soce.db.models import JOB_FINISHED_STATES, JOB_STATES, Candidate, CandidateTag, Job, Score, Suite
+from soce.flow import JobState
 
 _FIELDS = [c.key for c in Score.__table__.columns if c.key not in ("id", "created_at")]
 
@@ -95,7 +96,7 @@ def create_job(
         suite=suite,
         candidates=list(candidates),
         recipe=recipe,
-        state="queued",
+        state=JobState.QUEUED,
         progress={},
         timings={},
         idempotency_key=idempotency_key,
@@ -136,7 +137,7 @@ def cancel_job(*, session: Session, job_id: int, now: datetime | None = None) ->
     result = session.execute(
         update(Job)
         .where(Job.id == job_id, Job.state.not_in(JOB_FINISHED_STATES))
-        .values(state="cancelled", finished_at=now)
+        .values(state=JobState.CANCELLED, finished_at=now)
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1

@@ -33,7 +33,7 @@ from sqlalchemy.ext.associationproxy import AssociationProxy, association_proxy
 from sqlalchemy.ext.mutable import MutableDict
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from soce.flow import FINISHED_STATES, JOB_STATES
+from soce.flow import FINISHED_STATES, JOB_STATES, JobState
 
 # Named constraints so migrations can drop and alter them on every backend.
 NAMING_CONVENTION = {
@@ -129,7 +129,8 @@ class CandidateTag(Base):
 
 
 class Candidate(Base):
-    """A registered checkpoint folder; `content_hash` is None until the background hashing ends."""
+    """A registered checkpoint folder; `content_hash` is None until a cpu worker (or the job scoring it)
+    has hashed it."""
 
     __tablename__ = "candidates"
 
@@ -187,7 +188,9 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(255))
     suite_id: Mapped[int] = mapped_column(ForeignKey("suites.id"), index=True)
     recipe: Mapped[dict[str, Any]] = mapped_column(JSONDict)
-    state: Mapped[str] = mapped_column(String(16), index=True, default="queued", server_default="queued")
+    state: Mapped[str] = mapped_column(
+        String(16), index=True, default=JobState.QUEUED, server_default=JobState.QUEUED.value
+    )
     progress: Mapped[dict[str, Any]] = mapped_column(JSONDict, default=dict)  # per stage: done, total
     analysis: Mapped[dict[str, Any] | None] = mapped_column(JSONDict)  # correlations, experts
     study_name: Mapped[str | None] = mapped_column(String(255))  # in Optuna's own database

@@ -7,7 +7,7 @@ import pytest
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import TrialState
 
-from optimizer.trial_store import TrialStore
+from optimizer.trial_store import TrialStore, use_sampler
 from soce.errors import SearchError
 
 
@@ -61,3 +61,18 @@ def test_pruned_trials_are_told_by_number_without_values(study):
     trial = study.ask()
     study.tell(trial.number, state=TrialState.PRUNED)
     assert TrialStore(study, storage).get(trial.number).state == TrialState.PRUNED
+
+
+def test_a_sampler_set_on_a_loaded_study_chooses_its_next_trial(study):
+    study, _ = study
+
+    class Fixed(optuna.samplers.RandomSampler):
+        def sample_independent(self, study, trial, name, distribution):
+            return 0.25
+
+    use_sampler(study, Fixed())
+    assert study.ask().suggest_float("u0", 0.0, 1.0) == 0.25
+    use_sampler(study, optuna.samplers.RandomSampler(seed=3))
+    first = study.ask().suggest_float("u0", 0.0, 1.0)
+    use_sampler(study, optuna.samplers.RandomSampler(seed=3))
+    assert study.ask().suggest_float("u0", 0.0, 1.0) == first  # the same seed draws the same point

@@ -8,6 +8,7 @@ every score in the cache. Two workers serve the module: one on both queues, one 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -164,8 +165,10 @@ def test_jobs_over_http_end_to_end(
     }
     job = run_job(api, [worker, gpu_worker], body)
 
-    # the detail opens with the verdict; the soup row records the decision the job made
-    assert next(iter(job)) == "verdict" and job["verdict"] == job["analysis"]["verdict"]
+    # the detail opens with the verdict, from the typed Report the job stored (its report.json)
+    assert next(iter(job)) == "verdict" and job["verdict"] == job["report"]["verdict"]
+    assert job["decision"] == job["report"]["decision"]
+    assert json.loads(Path(job["analysis"]["files"]["json"]).read_text()) == job["report"]
     assert job["decision"]["kind"] in ("soup", "single") and Path(job["decision"]["model"]).is_dir()
     assert job["soup"]["scores"]["decision"] == job["decision"]
     # the soup folder loads with transformers and generates
