@@ -44,7 +44,7 @@ def main() -> None:
     from workers.flow import run_task
     from workers.local import create_local_job
     from workers.pipeline import dev_parts
-    from workers.trials import IN_PROCESS, _open
+    from workers.trials import IN_PROCESS, open_job_search
 
     zoo = _pipeline.ensure_zoo(args.zoo, args.size)
     with tempfile.TemporaryDirectory() as tmp:
@@ -62,7 +62,7 @@ def main() -> None:
         IN_PROCESS.set(True)  # as workers.flow.run_job does for `soce run`
         for task in (TaskName.START, TaskName.SCORE, TaskName.ANALYSE):
             run_task(task, [job_id], settings=settings, engine=engine)
-        ctx, analysis, search = _open(engine, settings, job_id)
+        ctx, analysis, search = open_job_search(engine, settings, job_id)
         resident = resident_soup(run_inputs(ctx.spec, settings), settings)
         experts = tuple(analysis.experts.candidates)
         categories = ctx.spec.suite.category_names

@@ -120,9 +120,10 @@ def _job_row(engine: Engine, job_id: int) -> tuple[str | None, Any]:
     return (row[0], row[1]) if row is not None else (None, None)
 
 
-def _open(
+def open_job_search(
     engine: Engine, settings: Settings, job_id: int, created: Any = None
 ) -> tuple[Context, Analysis, WeightSearch]:
+    """The job's context, analysis and study, opened once per process and job (see `_opened`)."""
     if created is None:
         _, created = _job_row(engine, job_id)
     url = engine.url.render_as_string(hide_password=False)
@@ -278,7 +279,7 @@ def start_search(job_id: int, *, redelivered: bool, settings: Settings, engine: 
         return _after_search(engine, job_id, BY_SEARCH, state, redelivered)
 
     def body() -> list[Message]:
-        ctx, _, search = _open(engine, settings, job_id)
+        ctx, _, search = open_job_search(engine, settings, job_id)
         with study_lock(engine, search.study.study_name):
             search.begin(_stale(engine, job_id))
             asked, finished, mine = _ask(ctx, search, BY_SEARCH)
@@ -301,7 +302,7 @@ def run_trial(
         return _after_search(engine, job_id, number, state, redelivered)
 
     def body() -> list[Message]:
-        ctx, _, search = _open(engine, settings, job_id, created)
+        ctx, _, search = open_job_search(engine, settings, job_id, created)
         try:
             evaluated = search.evaluate_trial(number, {"worker": _worker()})
         except Exception as e:
