@@ -2,17 +2,36 @@
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Any
 
-from pydantic import AliasChoices, Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "soce"
+
+
+def path_under_roots(path: str | Path, roots: Sequence[Path]) -> Path | None:
+    """`path` with symlinks and '..' resolved, when it lies under one of `roots` (resolved too); else None.
+
+    Only names are looked at (no file is opened), so a path outside the roots is refused without
+    being read.
+    """
+    try:
+        resolved = Path(path).expanduser().resolve()
+    except (OSError, RuntimeError):  # a symlink loop, or a name the system refuses
+        return None
+    for root in roots:
+        if resolved.is_relative_to(root.resolve()):
+            return resolved
+    return None
 
 
 class Settings(BaseSettings):
@@ -52,18 +71,55 @@ class Settings(BaseSettings):
     resident_cache_gib: float = Field(
         16.0, gt=0, description="GiB of resident candidates a worker keeps between tasks (least recent out)"
     )
+    checkpoint_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="absolute folders the API may read: candidate folders and suite files must lie under "
+        "one; a JSON list or paths separated by ':'. Unset: the API reads no server path",
+    )
     dashboard_public_read: bool = Field(
-        True, description="the web dashboard shows pages without signing in (changes always need a key)"
+        True,
+        description="GETs under /v1/ and dashboard pages need no key or sign-in (changes always need one)",
     )
     dashboard_secret: str | None = Field(
-        None, description="signs dashboard sessions; default: random per API process (signed out on restart)"
+        None,
+        description="signs dashboard sessions; default: one generated once and kept in the app database",
     )
     optuna_dashboard_url: str | None = Field(
         None, description="base URL of an optuna-dashboard on Optuna's database, linked from job pages"
     )
+    transient_retry_seconds: list[float] = Field(
+        default=[1.0, 2.0, 4.0, 8.0, 15.0],
+        description="a task that meets an error a retry can cure (a database or broker connection lost, "
+        "a server restarting, a serialization failure) runs again after each of these delays, in the "
+        "worker; then Celery retries it after transient_requeue_seconds (read by the workers)",
+    )
+    transient_requeue_seconds: float = Field(
+        default=30.0, gt=0, description="delay of Celery's retries of such a task (read by the workers)"
+    )
+    transient_requeues: int = Field(
+        default=10, ge=0, description="Celery retries of such a task before it is given up to the sweep"
+    )
     webhook_retry_seconds: list[float] = Field(
         [1.0, 2.0, 4.0], description="waits between a schedule webhook's tries (one more try than waits)"
     )
+
+    @field_validator("checkpoint_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        """SOCE_CHECKPOINT_ROOTS: a JSON list, or absolute paths separated by ':' (like PATH)."""
+        if not isinstance(value, str):
+            return value
+        if value.strip().startswith("["):
+            return json.loads(value)
+        return [part for part in value.split(os.pathsep) if part.strip()]
+
+    @field_validator("checkpoint_roots")
+    @classmethod
+    def _absolute_roots(cls, roots: list[Path]) -> list[Path]:
+        for root in roots:
+            if not root.is_absolute():
+                raise ValueError(f"checkpoint root {str(root)!r} is not an absolute path")
+        return roots
 
     def app_database_url(self) -> str:
         """The configured database URL, or the embedded SQLite file under data_dir."""

@@ -85,3 +85,54 @@ class ApiKeyError(SoceError):
 
 class ScheduleError(SoceError):
     """A schedule is invalid: its cron expression, recipe or candidates; the message names the field."""
+
+
+class TransientError(SoceError):
+    """An error a retry can cure (a connection lost, a server restarting, a serialization failure):
+    the task that met it is run again, with backoff, instead of failing its job."""
+
+
+# SQLSTATE classes and codes that a retry can cure: connection exceptions, serialization failures and
+# deadlocks, and a server shutting down, restarting or not yet accepting connections
+_TRANSIENT_SQLSTATES = ("08", "40001", "40P01", "57P01", "57P02", "57P03")
+_TRANSIENT_TYPES = {
+    ("sqlalchemy.exc", "OperationalError"),
+    ("sqlalchemy.exc", "InterfaceError"),
+    ("sqlalchemy.exc", "DisconnectionError"),
+    ("psycopg", "OperationalError"),
+    ("psycopg", "InterfaceError"),
+    ("redis.exceptions", "ConnectionError"),
+    ("redis.exceptions", "TimeoutError"),
+    ("redis.exceptions", "BusyLoadingError"),
+    ("kombu.exceptions", "OperationalError"),
+}
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error`, or an error it was raised from, is one a retry can cure.
+
+    Database errors count by their SQLSTATE when they carry one (a constraint violation does not; a
+    terminated connection or a serialization failure does), else by their type; broker connection
+    errors count by type. Types are matched by module and class name, so no driver is imported here.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, TransientError):
+            return True
+        sqlstate = getattr(error, "sqlstate", None) or getattr(getattr(error, "orig", None), "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate:
+            if sqlstate.startswith(_TRANSIENT_SQLSTATES):
+                return True
+        elif isinstance(error, ConnectionError) or any(_transient_type(c) for c in type(error).__mro__):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _transient_type(cls: type) -> bool:
+    module = cls.__module__
+    return (module, cls.__name__) in _TRANSIENT_TYPES or (
+        module.split(".")[0],
+        cls.__name__,
+    ) in _TRANSIENT_TYPES

@@ -14,6 +14,7 @@ to `finalizing`.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from sqlalchemy import Engine
 
 from soce.config import Settings, get_settings
 from soce.db import get_engine
-from soce.errors import JobCancelled
+from soce.errors import JobCancelled, is_transient
 from soce.flow import JobState, TaskName
 from workers import steps, trials
 from workers.context import Context, Message, read_job
@@ -88,6 +89,8 @@ def run_step(
         log.info("job %d: cancelled during %s", job_id, task)
         return None
     except Exception as e:
+        if is_transient(e):  # a retry can cure it: the task runs again, the job goes on
+            raise
         if progress.cancelled():  # whatever broke, the job was cancelled: that is its outcome
             log.info("job %d: cancelled during %s (%s)", job_id, task, error_message(e))
             return None
@@ -108,10 +111,51 @@ def run_task(
     settings: Settings | None = None,
     engine: Engine | None = None,
     display: Stages | None = None,
+    sleep: Callable[[float], None] = time.sleep,
 ) -> list[Message]:
-    """Run the task `task` of a job (args: job id, then a trial number); the messages to send next."""
+    """Run the task `task` of a job (args: job id, then a trial number); the messages to send next.
+
+    An error a retry can cure (soce.errors.is_transient: a connection lost, a server restarting) does
+    not fail the job: the task runs again after each of `settings.transient_retry_seconds`, as a
+    redelivery (its steps are idempotent; a trial left running is evaluated again), and the error is
+    raised once they are spent (Celery then retries the task later; the sweep sends it again).
+    """
     settings = settings or get_settings()
     engine = engine or get_engine(settings.app_database_url())
+    delays = list(settings.transient_retry_seconds)
+    for attempt in range(len(delays) + 1):
+        try:
+            return _run_task_once(
+                task,
+                args,
+                redelivered=redelivered or attempt > 0,
+                settings=settings,
+                engine=engine,
+                display=display,
+            )
+        except Exception as e:
+            if not is_transient(e) or attempt == len(delays):
+                raise
+            log.warning(
+                "%s%s met an error a retry can cure (%s); running it again in %.0f s",
+                task,
+                tuple(args),
+                error_message(e),
+                delays[attempt],
+            )
+            sleep(delays[attempt])
+    raise AssertionError("unreachable")
+
+
+def _run_task_once(
+    task: str,
+    args: Sequence[int],
+    *,
+    redelivered: bool,
+    settings: Settings,
+    engine: Engine,
+    display: Stages | None,
+) -> list[Message]:
     job_id = int(args[0])
     if task == TaskName.SEARCH:
         return trials.start_search(job_id, redelivered=redelivered, settings=settings, engine=engine)

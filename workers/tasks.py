@@ -34,10 +34,24 @@ def _fresh_connections(**_: object) -> None:
 
 
 def _run(task: Task, *args: int) -> list[str]:
-    redelivered = bool((task.request.delivery_info or {}).get("redelivered"))
-    messages = run_task(task.name, [int(a) for a in args], redelivered=redelivered)
-    for m in messages:
-        app.send_task(m.task, args=list(m.args))
+    """Run the job task and send its next messages; an error a retry can cure, still there after the
+    in-task retries, has Celery retry the task later (as a redelivery), a bounded number of times."""
+    from soce.config import get_settings
+    from soce.errors import is_transient
+
+    redelivered = bool((task.request.delivery_info or {}).get("redelivered")) or task.request.retries > 0
+    try:
+        messages = run_task(task.name, [int(a) for a in args], redelivered=redelivered)
+        for m in messages:
+            app.send_task(m.task, args=list(m.args))
+    except Exception as e:
+        if not is_transient(e):
+            raise
+        settings = get_settings()
+        log.warning("%s%s: %s; retried in %.0f s", task.name, args, e, settings.transient_requeue_seconds)
+        raise task.retry(
+            exc=e, countdown=settings.transient_requeue_seconds, max_retries=settings.transient_requeues
+        ) from e
     return [m.task for m in messages]
 
 

@@ -40,7 +40,7 @@ from sqlalchemy import Engine, select, text, update
 
 from soce.config import Settings
 from soce.db import Job, session_scope
-from soce.errors import JobCancelled, TrialFailed
+from soce.errors import JobCancelled, TrialFailed, is_transient
 from soce.flow import FINISHED_STATES, JobState, TaskName
 from workers.context import Context, Message, read_job, resident_soup, run_inputs
 from workers.jobrows import JobProgress, error_message, fail_job, job_state, merge_json, move_job
@@ -155,6 +155,8 @@ def _guarded(engine: Engine, job_id: int, what: str, body: Callable[[], list[Mes
         log.info("job %d: cancelled during %s", job_id, what)
         return []
     except Exception as e:
+        if is_transient(e):  # a retry can cure it: the task runs again (workers.flow.run_task)
+            raise
         if job_state(engine, job_id) == JobState.CANCELLED:
             log.info("job %d: cancelled during %s (%s)", job_id, what, error_message(e))
             return []
