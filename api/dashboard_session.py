@@ -3,6 +3,9 @@
 The cookie holds `key id . CSRF token . issued time . HMAC-SHA256` (never the key). Each request re-reads
 the key row, so revoking a key ends its sessions; changes need a read-write key and a POST carrying the
 session's CSRF token from the same origin.
+
+The signing key comes from SOCE_DASHBOARD_SECRET or, without it, from the app database, where the first
+API process to need one stores a random value: every process of a deployment signs with the same key.
 """
 
 from __future__ import annotations
@@ -10,16 +13,23 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request, status
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from soce.db.models import ApiKey
+from soce.db.engine import session_scope
+from soce.db.models import ApiKey, AppSecret
+from soce.errors import DatabaseError
 
 COOKIE = "soce_session"
 MAX_AGE_SECONDS = 12 * 3600
+SECRET_NAME = "dashboard_session"  # its row in app_secrets
+_secret_lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,43 @@ class DashboardUser:
     csrf: str
 
 
+def signing_key(secret: str) -> bytes:
+    """The HMAC key derived from a configured or stored secret (any length in, 32 bytes out)."""
+    return hashlib.sha256(secret.encode()).digest()
+
+
+def stored_secret(engine: Engine, name: str = SECRET_NAME) -> str:
+    """The secret stored under `name` in the app database, generated and stored first if there is none.
+
+    Processes starting together may each try to store one: the primary key keeps the first, and every
+    process returns what is stored, so they all agree.
+    """
+    with session_scope(engine) as session:
+        row = session.get(AppSecret, name)
+        if row is not None:
+            return row.value
+    try:
+        with session_scope(engine) as session:
+            session.add(AppSecret(name=name, value=secrets.token_urlsafe(32)))
+    except DatabaseError as e:
+        if not isinstance(e.__cause__, IntegrityError):
+            raise
+    with session_scope(engine) as session:
+        row = session.get(AppSecret, name)
+        if row is None:  # deleted between our insert and this read
+            raise DatabaseError(f"app secret {name!r} vanished from the app database while being stored")
+        return row.value
+
+
 def session_secret(request: Request) -> bytes:
-    return request.app.state.dashboard_secret
+    """The key that signs this app's dashboard cookies: SOCE_DASHBOARD_SECRET's when set (create_app
+    derives it), else the app database's shared secret, read once per process on first use."""
+    state = request.app.state
+    if state.dashboard_secret is None:
+        with _secret_lock:
+            if state.dashboard_secret is None:
+                state.dashboard_secret = signing_key(stored_secret(state.engine))
+    return state.dashboard_secret
 
 
 def _sign(secret: bytes, payload: str) -> str:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Any, Literal
+import math
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
+    field_validator,
     model_serializer,
     model_validator,
 )
 
 from soce.db.models import JOB_STATES, Candidate, Job, Schedule, ScheduleRun, Soup, Suite
 from soce.schemas.report import Decision, Report
+from soce.schemas.run import MAX_CANDIDATES, MAX_NAME_LENGTH, MAX_ROW_ID, PathStr, RowId
 from soce.schemas.schedule import CandidateSource as CandidateSource
 from soce.schemas.schedule import PromotionPolicy as PromotionPolicy
 from soce.schemas.schedule import RecipeTemplate, Tag
@@ -25,13 +30,40 @@ from soce.schemas.suite import SuiteSpec
 JobStateName = Literal[JOB_STATES]  # type: ignore[valid-type]
 
 
+def _in_utc(value: datetime) -> datetime:
+    """A time without a zone is UTC (what the databases hold); one with a zone is given in UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+# Every point in time a response shows: with its zone, in UTC ("2025-01-31T12:00:00Z"), as the
+# document's `format: date-time` (RFC 3339) requires.
+Timestamp = Annotated[datetime, AfterValidator(_in_utc)]
+
+
+def _strings(value: Any, where: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, text) of every string in a JSON value, keys included."""
+    if isinstance(value, str):
+        yield where, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            inner = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str):
+                yield inner, key
+            yield from _strings(item, inner)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _strings(item, f"{where}.{i}" if where else str(i))
+
+
 # --- candidates ------------------------------------------------------------------------------
 class CandidateCreate(BaseModel):
     """Checkpoint folders on the server to register; each is opened and checked before it is stored."""
 
     model_config = ConfigDict(extra="forbid")
 
-    paths: list[str] = Field(min_length=1, max_length=1000, description="model folders on the server")
+    paths: list[PathStr] = Field(
+        min_length=1, max_length=MAX_CANDIDATES, description="model folders on the server"
+    )
     tags: list[Tag] = Field(default_factory=list, description="tags given to every folder registered")
 
 
@@ -45,7 +77,7 @@ class CandidatePublic(BaseModel):
     size_bytes: int | None
     error: str | None
     tags: list[str]
-    created_at: datetime | None
+    created_at: Timestamp | None
 
     @classmethod
     def of(cls, row: Candidate) -> CandidatePublic:
@@ -70,7 +102,39 @@ class SuiteCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     spec: SuiteSpec | None = None
-    path: str | None = Field(None, min_length=1, description="a suite YAML readable by the server")
+    path: PathStr | None = Field(None, description="a suite YAML readable by the server")
+
+    @field_validator("spec", mode="before")
+    @classmethod
+    def _no_nul(cls, value: Any) -> Any:
+        for where, text in _strings(value):
+            if "\x00" in text:
+                raise ValueError(
+                    f"{where or 'spec'}: holds a NUL character (\\x00), which no stored text may hold"
+                )
+        return value
+
+    @field_validator("spec")
+    @classmethod
+    def _storable(cls, spec: SuiteSpec | None) -> SuiteSpec | None:
+        """What the suite's row and the score cache's integer columns can hold."""
+        if spec is None:
+            return spec
+        if len(spec.name) > MAX_NAME_LENGTH:
+            raise ValueError(f"name: at most {MAX_NAME_LENGTH} characters, got {len(spec.name)}")
+        for field in ("seed", "limit", "num_fewshot"):
+            value = getattr(spec, field)
+            if value is not None and not -MAX_ROW_ID - 1 <= value <= MAX_ROW_ID:
+                raise ValueError(f"{field}: {value} is out of range (-2**31 to 2**31 - 1)")
+        for c, category in enumerate(spec.categories):
+            weights = [(f"categories.{c}.weight", category.weight)]
+            weights += [
+                (f"categories.{c}.tasks.{t}.weight", task.weight) for t, task in enumerate(category.tasks)
+            ]
+            for where, weight in weights:
+                if not math.isfinite(weight):
+                    raise ValueError(f"{where}: give a finite number, got {weight}")
+        return spec
 
     @model_validator(mode="after")
     def _one_source(self) -> SuiteCreate:
@@ -84,7 +148,7 @@ class SuitePublic(BaseModel):
     name: str
     content_hash: str
     spec: dict[str, Any]
-    created_at: datetime | None
+    created_at: Timestamp | None
 
     @classmethod
     def of(cls, row: Suite) -> SuitePublic:
@@ -98,7 +162,9 @@ class JobCreate(RecipeTemplate):
     """A SoCE run over registered candidates (by id or by tag) and a stored suite, with search settings
     (RecipeTemplate's: RunRecipe's own fields, defaults, bounds and cross-field rules)."""
 
-    candidate_ids: list[int] | None = Field(None, min_length=2, description="registered candidate ids")
+    candidate_ids: list[RowId] | None = Field(
+        None, min_length=2, max_length=MAX_CANDIDATES, description="registered candidate ids"
+    )
     tag: Tag | None = Field(None, description="every candidate carrying this tag, instead of candidate_ids")
 
     @model_validator(mode="after")
@@ -118,10 +184,10 @@ class JobPublic(BaseModel):
     candidate_ids: list[int]
     progress: dict[str, Any]
     error: str | None
-    created_at: datetime | None
-    updated_at: datetime | None
-    started_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp | None
+    updated_at: Timestamp | None
+    started_at: Timestamp | None
+    finished_at: Timestamp | None
 
     @classmethod
     def fields_of(cls, row: Job) -> dict[str, Any]:
@@ -171,6 +237,17 @@ class SoupBrief(BaseModel):
     scores: dict[str, Any]
 
 
+class TrialPublic(BaseModel):
+    number: int
+    state: str
+    values: list[float | None] | None
+    params: dict[str, Any]
+    user_attrs: dict[str, Any]
+    datetime_start: Timestamp | None
+    datetime_complete: Timestamp | None
+    duration_seconds: float | None
+
+
 class JobDetail(JobPublic):
     verdict: str | None = Field(
         None,
@@ -194,7 +271,7 @@ class JobDetail(JobPublic):
     score_matrix: Any = Field(None, description="dev scores, candidates x categories (from analysis)")
     correlations: Any = Field(None, description="correlations between categories (from analysis)")
     experts: Any = Field(None, description="the category experts chosen (from analysis)")
-    best_trial: dict[str, Any] | None = None
+    best_trial: TrialPublic | None = Field(None, description="the best trial of a one-objective search")
     soup: SoupBrief | None = None
 
     @model_serializer(mode="wrap")
@@ -204,17 +281,6 @@ class JobDetail(JobPublic):
 
 
 # --- trials, soups, health -------------------------------------------------------------------
-class TrialPublic(BaseModel):
-    number: int
-    state: str
-    values: list[float | None] | None
-    params: dict[str, Any]
-    user_attrs: dict[str, Any]
-    datetime_start: datetime | None
-    datetime_complete: datetime | None
-    duration_seconds: float | None
-
-
 class TrialPage(BaseModel):
     study_name: str | None
     directions: list[str]
@@ -227,7 +293,7 @@ class TrialPage(BaseModel):
 class SoupPublic(SoupBrief):
     job_id: int | None
     lineage: dict[str, Any]
-    created_at: datetime | None
+    created_at: Timestamp | None
     card: str | None = Field(description="the soup folder's README.md (model card); null if unreadable")
     recipe: str | None = Field(description="the soup folder's soce_recipe.yml; null if unreadable")
 
@@ -261,6 +327,11 @@ class Health(BaseModel):
     database: ComponentHealth
     redis: ComponentHealth
     workers: WorkersHealth
+    stalled_jobs: int | None = Field(
+        None,
+        description="active jobs with no progress and no worker heartbeat for job_stall_seconds (the "
+        "sweep sends their task again); null when the database is unreachable",
+    )
 
 
 # --- schedules -------------------------------------------------------------------------------
@@ -269,13 +340,13 @@ class Health(BaseModel):
 
 class ScheduleRunPublic(BaseModel):
     id: int
-    due_at: datetime
+    due_at: Timestamp
     outcome: str
     job_id: int | None
     details: dict[str, Any]
     error: str | None
-    created_at: datetime | None
-    finished_at: datetime | None
+    created_at: Timestamp | None
+    finished_at: Timestamp | None
 
     @classmethod
     def of(cls, row: ScheduleRun) -> ScheduleRunPublic:
@@ -293,9 +364,9 @@ class SchedulePublic(BaseModel):
     webhook_url: str | None
     enabled: bool
     champion_soup_id: int | None
-    last_run_at: datetime | None
-    next_run_at: datetime | None
-    created_at: datetime | None
+    last_run_at: Timestamp | None
+    next_run_at: Timestamp | None
+    created_at: Timestamp | None
 
     @classmethod
     def of(cls, row: Schedule) -> SchedulePublic:

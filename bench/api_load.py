@@ -17,10 +17,13 @@ connections, and the clients share the CPUs with the server.
 
 Printed per endpoint and overall: requests, throughput (req/s), p50 and p99 latency as the clients
 see it, and errors (any status but 200, and transport errors); target beside it: p99 < 100 ms at 50
-clients, no errors. Then CPU per request of the server's processes, of the PostgreSQL backends that
-serve it and of the clients, and what that allows: in a closed loop, mean latency = clients /
-throughput (Little's law). The clients share the machine with the server, so a loaded machine shows in
-the numbers (the load average is printed before and after). Both databases are dropped at the end, also
+clients, no errors. Beside them, p50 and p99 of the server's own time per request, from the
+`Server-Timing: app;dur=<ms>` header of each response (from the request reaching the app to its
+response's headers): what the clients see beyond it is queueing, HTTP and the clients themselves.
+Then CPU per request of the server's processes, of the PostgreSQL backends that serve it and of the
+clients, and what that allows: in a closed loop, mean latency = clients / throughput (Little's law).
+The clients share the machine with the server, so a loaded machine shows in the numbers (the load
+average is printed before and after). Both databases are dropped at the end, also
 after Ctrl-C or an error.
 
 One server worker by default: on a 2-CPU machine where the clients and PostgreSQL take close to half
@@ -206,9 +209,22 @@ def percentile(sorted_values: list[float], p: float) -> float:
     return sorted_values[max(0, math.ceil(p / 100 * len(sorted_values)) - 1)]
 
 
+def server_ms(header: str | None) -> float | None:
+    """The `app` duration in milliseconds of a Server-Timing header; None without one."""
+    for metric in (header or "").split(","):
+        name, _, params = metric.strip().partition(";")
+        if name == "app":
+            for param in params.split(";"):
+                key, _, value = param.strip().partition("=")
+                if key == "dur":
+                    return float(value)
+    return None
+
+
 class Tally:
     def __init__(self) -> None:
         self.latencies: dict[str, list[float]] = {LIST: [], DETAIL: []}
+        self.server: dict[str, list[float]] = {LIST: [], DETAIL: []}  # seconds, from Server-Timing
         self.errors: dict[str, int] = {LIST: 0, DETAIL: 0}
         self.examples: list[str] = []
 
@@ -245,6 +261,9 @@ async def one_client(
             r = await http.get(url)
             if r.status_code != 200:
                 tally.error(endpoint, f"{r.status_code} {r.text[:200]}")
+            ms = server_ms(r.headers.get("server-timing"))
+            if ms is not None:
+                tally.server[endpoint].append(ms / 1000)
         except httpx.HTTPError as e:
             tally.error(endpoint, f"{type(e).__name__}: {e}")
         tally.latencies[endpoint].append(time.perf_counter() - started)
@@ -372,12 +391,19 @@ def stop_server(server: subprocess.Popen) -> None:
 def report(tally: Tally, wall: float, args: argparse.Namespace, cpu: dict[str, float | None]) -> None:
     rows = [(name, sorted(lat), tally.errors[name]) for name, lat in tally.latencies.items()]
     rows.append(("overall", sorted(x for _, lat, _ in rows for x in lat), sum(tally.errors.values())))
-    print(f"\n{'endpoint':28s} {'requests':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}")
+    server = {name: sorted(values) for name, values in tally.server.items()}
+    server["overall"] = sorted(x for values in tally.server.values() for x in values)
+    print(
+        f"\n{'endpoint':28s} {'requests':>9s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'errors':>7s}"
+        f" {'app p50':>8s} {'app p99':>8s}"
+    )
     for name, lat, errors in rows:
         print(
             f"{name:28s} {len(lat):9d} {len(lat) / wall:8.1f} {percentile(lat, 50) * 1000:8.1f} "
-            f"{percentile(lat, 99) * 1000:8.1f} {errors:7d}"
+            f"{percentile(lat, 99) * 1000:8.1f} {errors:7d} {percentile(server[name], 50) * 1000:8.1f} "
+            f"{percentile(server[name], 99) * 1000:8.1f}"
         )
+    print("  app p50/p99: the server's own time per request (its Server-Timing header), in ms")
     for example in tally.examples:
         print(f"  error: {example}")
     n = len(rows[-1][1])

@@ -284,7 +284,12 @@ class WeightSearch:
         if frozen.state != TrialState.RUNNING:
             return False
         self._load_finished()  # points already evaluated are reused, the bound for pruning is known
-        weights = self.space.from_params(frozen.params)
+        try:
+            weights = self.space.from_params(frozen.params)
+        except (KeyError, IndexError):  # the process asking it stopped between two of its parameters
+            self.trials.fail(number, "asked without all its parameters: the asker stopped", ask_again=False)
+            self._store_finished()
+            return False
         given = {**(attrs or {}), "weights": dict(zip(weights.experts, weights.weights, strict=True))}
         if weights.groups:
             given["layer_weights"] = {g: list(w) for g, w in weights.groups.items()}

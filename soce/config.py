@@ -25,8 +25,8 @@ def path_under_roots(path: str | Path, roots: Sequence[Path]) -> Path | None:
     being read.
     """
     try:
-        resolved = Path(path).expanduser().resolve()
-    except (OSError, RuntimeError):  # a symlink loop, or a name the system refuses
+        resolved = Path(path).resolve()
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a NUL byte, a name the system refuses
         return None
     for root in roots:
         if resolved.is_relative_to(root.resolve()):
@@ -62,12 +62,24 @@ class Settings(BaseSettings):
     visibility_timeout: int = Field(
         6 * 3600, ge=60, description="seconds before Redis redelivers an unacknowledged task (> longest task)"
     )
-    job_stall_seconds: int | None = Field(
-        None,
-        ge=60,
-        description="a job unchanged this long has its task sent again; default: visibility_timeout",
+    job_stall_seconds: int = Field(
+        60,
+        ge=15,
+        description="a job whose row and heartbeat are both older than this, with no message waiting in "
+        "the broker, has its task sent again by the sweep (read by the cpu worker that runs the sweep)",
+    )
+    job_heartbeat_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="how often a worker running a job's task proves it is alive (read by the workers); "
+        "keep it well under job_stall_seconds",
     )
     worker_heartbeat_seconds: int = Field(60, ge=5, description="a worker seen within this is alive")
+    # the largest legitimate body is an inline suite (POST /v1/suites) at about 80 bytes a task: 1 MiB
+    # holds some 10,000 tasks (MMLU, as lm-eval splits it, is 57)
+    max_request_bytes: int = Field(
+        1 << 20, ge=1024, description="largest request body the API reads; a larger one is refused (413)"
+    )
     resident_cache_gib: float = Field(
         16.0, gt=0, description="GiB of resident candidates a worker keeps between tasks (least recent out)"
     )
@@ -126,8 +138,8 @@ class Settings(BaseSettings):
         return self.database_url or f"sqlite:///{self.data_dir / 'soce.sqlite'}"
 
     def stall_seconds(self) -> int:
-        """How long a job may go without progress before the sweep sends its task again."""
-        return self.job_stall_seconds or self.visibility_timeout
+        """How long a job may go without progress or a heartbeat before the sweep sends its task again."""
+        return self.job_stall_seconds
 
     def optuna_url(self) -> str:
         """Optuna's database (never the app database: Optuna owns its tables and migrations)."""

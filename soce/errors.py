@@ -84,7 +84,12 @@ class ApiKeyError(SoceError):
 
 
 class ScheduleError(SoceError):
-    """A schedule is invalid: its cron expression, recipe or candidates; the message names the field."""
+    """A schedule is invalid: its cron expression, recipe or candidates; the message names the field,
+    and `field` (when set) is its place in a request body, e.g. ("candidate_source", "glob")."""
+
+    def __init__(self, message: str, *, field: tuple[str, ...] | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TransientError(SoceError):

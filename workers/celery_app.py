@@ -14,7 +14,7 @@ from soce.config import Settings, get_settings
 from soce.flow import CPU, GPU, TASK_QUEUES, TaskName
 
 TICK_SECONDS = 60.0  # how often beat sends the schedules' tick (workers.schedules)
-SWEEP_SECONDS = 300.0  # how often beat sends the sweep of stalled jobs (workers.sweep)
+SWEEP_SECONDS = 30.0  # how often beat sends the sweep of stalled jobs (workers.sweep)
 
 
 def make_app(settings: Settings | None = None) -> Celery:

@@ -17,6 +17,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,7 +29,7 @@ from soce.errors import JobCancelled, is_transient
 from soce.flow import JobState, TaskName
 from workers import steps, trials
 from workers.context import Context, Message, read_job
-from workers.jobrows import JobProgress, error_message, fail_job, job_state, move_job
+from workers.jobrows import JobProgress, error_message, fail_job, heartbeat, job_state, move_job
 from workers.progress import Stages
 
 log = logging.getLogger(__name__)
@@ -123,16 +124,19 @@ def run_task(
     settings = settings or get_settings()
     engine = engine or get_engine(settings.app_database_url())
     delays = list(settings.transient_retry_seconds)
+    # a worker proves it is alive while it runs the task; in-process (`soce run`) nothing watches
+    beating = nullcontext() if trials.IN_PROCESS.get() else None
     for attempt in range(len(delays) + 1):
         try:
-            return _run_task_once(
-                task,
-                args,
-                redelivered=redelivered or attempt > 0,
-                settings=settings,
-                engine=engine,
-                display=display,
-            )
+            with beating or heartbeat(engine, int(args[0]), settings.job_heartbeat_seconds):
+                return _run_task_once(
+                    task,
+                    args,
+                    redelivered=redelivered or attempt > 0,
+                    settings=settings,
+                    engine=engine,
+                    display=display,
+                )
         except Exception as e:
             if not is_transient(e) or attempt == len(delays):
                 raise

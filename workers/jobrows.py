@@ -7,6 +7,7 @@ worker moved on, is never moved again by a step that finished late.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -132,3 +133,37 @@ class JobProgress(Stages):
     def note(self, message: str) -> None:
         log.info("job %d: %s", self.job_id, message)
         self.display.note(message)
+
+
+@contextmanager
+def heartbeat(engine: Engine, job_id: int, every: float) -> Iterator[None]:
+    """While the block runs, set the job's `heartbeat_at` now and every `every` seconds (a thread).
+
+    The row's `updated_at` is left as it is: it says when the job last made progress, the heartbeat
+    that a worker is on it. A failed beat (the database restarting) is logged and tried at the next.
+    """
+    stop = threading.Event()
+
+    def beat() -> None:
+        try:
+            with session_scope(engine) as session:
+                session.execute(
+                    update(Job)
+                    .where(Job.id == job_id, Job.state.not_in(FINISHED_STATES))
+                    .values(heartbeat_at=now(), updated_at=Job.updated_at)
+                )
+        except Exception as e:  # the task itself meets the same fault and retries
+            log.warning("job %d: heartbeat not written: %s", job_id, error_message(e))
+
+    def loop() -> None:
+        while not stop.wait(every):
+            beat()
+
+    beat()
+    thread = threading.Thread(target=loop, name=f"soce-heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=every + 5)

@@ -1,32 +1,37 @@
-"""Jobs whose next message was lost: found by how long they went without progress, and sent again.
+"""Jobs whose task was lost: no progress, no worker on them and no message waiting, sent again.
 
-Celery on Redis redelivers a task whose worker died (acks_late), but a message that never reached
-Redis, or that Redis lost (a restart without persistence, a flushed database), leaves its job in an
-active state for ever. Beat sends `soce.jobs.sweep` every few minutes; a job that is not finished and
-whose row has not changed for `job_stall_seconds` (default: the visibility timeout, after which Redis
-would have redelivered any task it still had) gets the task of its state sent again:
+A job's task can be lost: a worker killed (its unacknowledged message waits for Redis's visibility
+timeout, hours by default), Redis flushed or restarted without persistence, a retry that could not be
+sent. Beat sends `soce.jobs.sweep` every 30 s to a cpu worker, which finds the active jobs whose row
+has not changed and whose heartbeat (written every `job_heartbeat_seconds` by a worker running one of
+their tasks) is older than `job_stall_seconds` (default 60 s), and that have no message waiting in the
+broker's queues; each gets the task of its state sent again:
 
 - queued, scoring, analysing, finalizing: that step's task (steps run again safely: a step whose job
   has moved on does nothing);
 - searching: a trial task for each of the job's running trials (evaluated again or, if told already,
   only asking the next), or the search task when none runs (it asks trials, or finalizes).
 
-The sweep records what it sent in the job's progress (`sweep`) and touches the row, so a job is sent
-again at most once per stall period; an advisory lock lets one sweep at a time decide.
+With the defaults a lost task is sent again within about 90 s. A message that Redis later redelivers
+as well only finds its work done: the first tell of a trial wins. The sweep records what it sent in
+the job's progress (`sweep`) and touches the row, so a job is sent again at most once per stall
+period; an advisory lock lets one sweep at a time decide, and the messages leave after its commit.
 """
 
 from __future__ import annotations
 
+import ast
+import json
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, text
+from sqlalchemy import Engine, or_, select, text, true
 
 from soce.config import Settings
 from soce.db import Job, session_scope
-from soce.flow import ACTIVE_STATES, JobState, TaskName
+from soce.flow import ACTIVE_STATES, QUEUES, JobState, TaskName
 from workers.flow import BY_STATE
 
 log = logging.getLogger(__name__)
@@ -67,18 +72,41 @@ def messages_for(settings: Settings, job_id: int, state: str, study_name: str | 
 
 
 def sweep(
-    engine: Engine, now: datetime, *, settings: Settings, send: Send, stall_seconds: float | None = None
+    engine: Engine,
+    now: datetime,
+    *,
+    settings: Settings,
+    send: Send,
+    stall_seconds: float | None = None,
+    queued: Callable[[], set[int] | None] | None = None,
 ) -> list[tuple[int, str]]:
-    """Send again the tasks of the jobs stalled at `now`; (job id, task) for each message sent."""
+    """Send again the tasks of the jobs stalled at `now`; (job id, task) for each message sent.
+
+    queued: the ids of the jobs with a message waiting in the broker (`queued_jobs`); None from it
+    (the broker cannot be read) sends nothing this time.
+    """
     stall = float(stall_seconds if stall_seconds is not None else settings.stall_seconds())
     cutoff = now - timedelta(seconds=stall)
+    waiting = queued() if queued is not None else set()
+    if waiting is None:
+        log.warning("sweep: the broker's queues cannot be read; nothing sent this time")
+        return []
     sent: list[tuple[int, str]] = []
     to_send: Messages = []
     with session_scope(engine) as session:
         postgres = session.get_bind().dialect.name == "postgresql"
         if postgres:
             session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SWEEP_LOCK})
-        query = select(Job).where(Job.state.in_(ACTIVE_STATES), Job.updated_at < cutoff).order_by(Job.id)
+        query = (
+            select(Job)
+            .where(
+                Job.state.in_(ACTIVE_STATES),
+                Job.updated_at < cutoff,
+                or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+                Job.id.not_in(waiting) if waiting else true(),
+            )
+            .order_by(Job.id)
+        )
         if postgres:
             query = query.with_for_update(of=Job, skip_locked=True)  # a step committing now keeps its row
         for job in session.scalars(query).all():
@@ -113,3 +141,44 @@ def sweep(
     for task, args in to_send:  # after the commit: a task that starts now sees the row as updated
         send(task, args)
     return sent
+
+
+# the Redis lists kombu keeps a queue in: the queue's name, and one per priority step
+_PRIORITY_SUFFIXES = ("", "\x06\x163", "\x06\x166", "\x06\x169")
+JOB_TASKS = frozenset(s.task for s in BY_STATE.values()) | {TaskName.TRIAL}
+
+
+def queued_jobs(broker_url: str, queues: tuple[str, ...] = QUEUES) -> set[int] | None:
+    """Ids of the jobs with a task message waiting in the broker's queues; None if Redis cannot be read.
+
+    A message a worker has taken is no longer in its queue: whether it still runs is the job's heartbeat.
+    """
+    import redis
+
+    client = redis.Redis.from_url(broker_url, socket_timeout=5, socket_connect_timeout=5)
+    try:
+        found: set[int] = set()
+        for queue in queues:
+            for name in (queue + suffix for suffix in _PRIORITY_SUFFIXES):
+                for raw in client.lrange(name, 0, -1):
+                    job_id = _job_of(raw)
+                    if job_id is not None:
+                        found.add(job_id)
+        return found
+    except redis.RedisError as e:
+        log.warning("sweep: broker %s not readable: %s", broker_url.split("@")[-1], e)
+        return None
+    finally:
+        client.close()
+
+
+def _job_of(raw: bytes) -> int | None:
+    """The job id of a Celery message (protocol 2: its task and arguments in the headers), or None."""
+    try:
+        headers = json.loads(raw).get("headers") or {}
+        if headers.get("task") not in JOB_TASKS:
+            return None
+        args = ast.literal_eval(headers.get("argsrepr") or "()")
+        return int(args[0]) if args else None
+    except (ValueError, TypeError, SyntaxError, AttributeError):
+        return None

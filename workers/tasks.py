@@ -137,16 +137,24 @@ def schedules_notify(self: Task, run_id: int) -> bool:
 
 @app.task(name=TaskName.JOBS_SWEEP)
 def jobs_sweep() -> list[list[Any]]:
-    """Send again the task of every job that made no progress for the stall period (every 5 minutes)."""
+    """Send again the task of every job whose task was lost (no progress, no heartbeat, no message
+    waiting); beat sends this every 30 s."""
     from datetime import UTC, datetime
 
     from soce.config import get_settings
     from soce.db import get_engine
-    from workers.sweep import sweep
+    from workers.sweep import queued_jobs, sweep
 
     settings = get_settings()
     engine = get_engine(settings.app_database_url())
-    return [list(x) for x in sweep(engine, datetime.now(UTC), settings=settings, send=_send)]
+    sent = sweep(
+        engine,
+        datetime.now(UTC),
+        settings=settings,
+        send=_send,
+        queued=lambda: queued_jobs(settings.broker_url),
+    )
+    return [list(x) for x in sent]
 
 
 def _send(task: str, args: list[int]) -> None:

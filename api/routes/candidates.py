@@ -12,13 +12,15 @@ from fastapi import APIRouter, Query, status
 
 from api.auth import Writer
 from api.broker import JobQueue
-from api.deps import QueueDep, SessionDep
-from api.errors import invalid, not_found
+from api.deps import NOT_ALLOWED, QueueDep, SessionDep, SettingsDep, allowed_path
+from api.errors import BODY_STATUSES, READ_STATUSES, WRITE_STATUSES, error_responses, invalid, not_found
 from api.schemas import CandidateCreate, CandidatePublic, Tag
 from soce.checkpoints import ARCHITECTURE_FIELDS, Checkpoint, architecture_summary, check_compatibility
+from soce.config import Settings, path_under_roots
 from soce.db import crud
 from soce.db.models import Candidate
 from soce.errors import CheckpointError, SoceError
+from soce.schemas.run import RowId
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/candidates", tags=["candidates"])
@@ -30,17 +32,29 @@ def _family(architecture: dict[str, Any] | None) -> str:
     return json.dumps({k: arch.get(k) for k in ARCHITECTURE_FIELDS}, sort_keys=True)
 
 
-def _open(raw: str, index: int) -> tuple[Path, Checkpoint]:
+def _open(raw: str, index: int, settings: Settings) -> tuple[Path, Checkpoint]:
+    """The folder, resolved and checked to lie under the checkpoint roots before anything in it is read."""
     loc = ["body", "paths", index]
-    path = Path(raw).expanduser()
-    if not path.is_absolute():
-        raise invalid(loc, f"{raw}: give an absolute path on the server")
+    path = allowed_path(raw, settings, loc)
     if not path.exists():
         raise invalid(loc, f"{raw}: no such folder on the server", "path_not_found")
     if not path.is_dir():
         raise invalid(loc, f"{raw}: not a folder (a candidate is a Hugging Face model folder)")
+    # config and tokenizer files are read by name: a link among them must not lead out of the roots
+    # (shards are held to the folder itself when opened)
     try:
-        return path.resolve(), Checkpoint.open(path)
+        entries = sorted(path.iterdir())
+    except OSError as e:
+        raise invalid(loc, f"{raw}: the server cannot list this folder ({e.strerror})") from None
+    for entry in entries:
+        if entry.is_symlink() and path_under_roots(entry, settings.checkpoint_roots) is None:
+            raise invalid(
+                loc,
+                f"{raw}: {entry.name} links outside the folders this server may read (SOCE_CHECKPOINT_ROOTS)",
+                NOT_ALLOWED,
+            )
+    try:
+        return path, Checkpoint.open(path)
     except CheckpointError as e:
         raise invalid(loc, str(e), type(e).__name__) from None
 
@@ -70,18 +84,24 @@ def _enqueue_hashing(queue: JobQueue, candidate_ids: list[int]) -> None:
             return
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=list[CandidatePublic])
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=list[CandidatePublic],
+    responses=error_responses(*WRITE_STATUSES, *BODY_STATUSES),
+)
 def register_candidates(
-    body: CandidateCreate, session: SessionDep, queue: QueueDep, _key: Writer
+    body: CandidateCreate, session: SessionDep, queue: QueueDep, _key: Writer, settings: SettingsDep
 ) -> list[CandidatePublic]:
-    """Register model folders: each must exist, hold safetensors weights and be compatible with the
-    registered candidates of its architecture. A folder registered before keeps its row and gains the tags.
-    Each is then hashed by a cpu worker (`content_hash` is null until then).
+    """Register model folders: each must lie under SOCE_CHECKPOINT_ROOTS, exist, hold safetensors weights
+    and be compatible with the registered candidates of its architecture. A folder registered before
+    keeps its row and gains the tags. Each is then hashed by a cpu worker (`content_hash` is null until
+    then).
     """
     with ExitStack() as stack:
         opened: list[tuple[Path, Checkpoint]] = []
         for i, raw in enumerate(body.paths):
-            path, ckpt = _open(raw, i)
+            path, ckpt = _open(raw, i, settings)
             stack.enter_context(ckpt)
             if any(path == p for p, _ in opened):
                 raise invalid(["body", "paths", i], f"{raw}: listed more than once")
@@ -117,7 +137,7 @@ def register_candidates(
     return [CandidatePublic.of(r) for r in rows]
 
 
-@router.get("", response_model=list[CandidatePublic])
+@router.get("", response_model=list[CandidatePublic], responses=error_responses(*READ_STATUSES, 422))
 def list_candidates(
     session: SessionDep,
     tag: Annotated[Tag | None, Query(description="only candidates with this tag")] = None,
@@ -126,8 +146,12 @@ def list_candidates(
     return [CandidatePublic.of(r) for r in crud.list_candidates(session=session, tag=tag)]
 
 
-@router.get("/{candidate_id}", response_model=CandidatePublic)
-def get_candidate(candidate_id: int, session: SessionDep) -> CandidatePublic:
+@router.get(
+    "/{candidate_id}",
+    response_model=CandidatePublic,
+    responses=error_responses(*READ_STATUSES, 404, 422, notes={404: "no candidate has this id"}),
+)
+def get_candidate(candidate_id: RowId, session: SessionDep) -> CandidatePublic:
     row = session.get(Candidate, candidate_id)
     if row is None:
         raise not_found(f"candidate {candidate_id}")

@@ -27,6 +27,7 @@ from soce.db import crud
 from soce.db.apikeys import verify_api_key
 from soce.db.models import JOB_FINISHED_STATES, Job, Soup
 from soce.schemas.report import report_files, stored_report
+from soce.schemas.run import RowId
 
 HERE = Path(__file__).resolve().parent.parent
 templates = Jinja2Templates(directory=HERE / "templates")
@@ -123,7 +124,7 @@ def _job_context(job: Job, soup: Soup | None, optuna: Any, settings: Any) -> dic
 
 @router.get("/jobs/{job_id}", response_class=HTMLResponse)
 def job_page(
-    job_id: int, request: Request, session: SessionDep, settings: SettingsDep, optuna: OptunaDep
+    job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep, optuna: OptunaDep
 ) -> Response:
     user = _guarded_page(request, session, settings)
     if isinstance(user, Response):
@@ -134,7 +135,7 @@ def job_page(
 
 @router.get("/dashboard/jobs/{job_id}/live", response_class=HTMLResponse)
 def job_live(
-    job_id: int, request: Request, session: SessionDep, settings: SettingsDep, optuna: OptunaDep
+    job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep, optuna: OptunaDep
 ) -> Response:
     user = _viewer(request, session, settings.dashboard_public_read)
     job, soup = _job(session, job_id)
@@ -163,7 +164,7 @@ def _servable(path: Path) -> bool:
 
 @router.get("/jobs/{job_id}/soup/{name}")
 def job_soup_file(
-    job_id: int, name: str, request: Request, session: SessionDep, settings: SettingsDep
+    job_id: RowId, name: str, request: Request, session: SessionDep, settings: SettingsDep
 ) -> Response:
     _viewer(request, session, settings.dashboard_public_read)
     _, soup = _job(session, job_id)
@@ -181,19 +182,19 @@ def job_soup_file(
 
 
 @router.get("/jobs/{job_id}/report")
-def job_report_file(job_id: int, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def job_report_file(job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     _viewer(request, session, settings.dashboard_public_read)
     return FileResponse(_job_file(session, job_id, "report"), media_type="text/html")
 
 
 @router.get("/jobs/{job_id}/model-card")
-def job_model_card(job_id: int, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
+def job_model_card(job_id: RowId, request: Request, session: SessionDep, settings: SettingsDep) -> Response:
     _viewer(request, session, settings.dashboard_public_read)
     return FileResponse(_job_file(session, job_id, "model card"), media_type="text/plain; charset=utf-8")
 
 
 @router.post("/jobs/{job_id}/cancel")
-def job_cancel(job_id: int, request: Request, session: SessionDep, form: FormDep) -> Response:
+def job_cancel(job_id: RowId, request: Request, session: SessionDep, form: FormDep) -> Response:
     require_change(request, current_user(request, session), form.get("csrf", ""))
     _job(session, job_id)
     crud.cancel_job(session=session, job_id=job_id)

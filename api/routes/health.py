@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -53,6 +54,18 @@ def _check_workers(request: Request, redis_ok: bool) -> WorkersHealth:
     return WorkersHealth(ok=True, detail=f"{len(names)} worker(s) answered", names=names)
 
 
+def _stalled_jobs(request: Request) -> int | None:
+    settings = request.app.state.settings
+    try:
+        with Session(request.app.state.engine) as session:
+            return crud.count_stalled_jobs(
+                session=session, now=datetime.now(UTC), stall_seconds=settings.stall_seconds()
+            )
+    except Exception as e:
+        log.warning("/healthz: stalled jobs not counted: %s", _why(e))
+        return None
+
+
 @router.get(
     "/healthz",
     response_model=Health,
@@ -63,8 +76,10 @@ def healthz(request: Request) -> Any:
     database = _check_database(request)
     redis = _check_redis(request)
     workers = _check_workers(request, redis.ok)
-    overall = "down" if not database.ok else "ok" if redis.ok and workers.ok else "degraded"
-    health = Health(status=overall, database=database, redis=redis, workers=workers)
+    stalled = _stalled_jobs(request) if database.ok else None
+    fine = redis.ok and workers.ok and not stalled
+    overall = "down" if not database.ok else "ok" if fine else "degraded"
+    health = Health(status=overall, database=database, redis=redis, workers=workers, stalled_jobs=stalled)
     return JSONResponse(health.model_dump(), status_code=503 if overall == "down" else 200)
 
 
@@ -77,6 +92,14 @@ def metrics(request: Request) -> PlainTextResponse:
         with Session(request.app.state.engine) as session:
             counts = crud.count_jobs_by_state(session=session)
         out.family("soce_jobs", "gauge", "Jobs by state.", [({"state": s}, n) for s, n in counts.items()])
+        stalled = _stalled_jobs(request)
+        if stalled is not None:
+            out.family(
+                "soce_jobs_stalled",
+                "gauge",
+                "Active jobs with no progress and no worker heartbeat for job_stall_seconds.",
+                [({}, stalled)],
+            )
         up["database"] = True
     except Exception as e:
         log.warning("/metrics: app database: %s", _why(e))

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 from api import job_reads
 from api.auth import Writer
 from api.deps import OptunaDep, QueueDep, SessionDep
-from api.errors import invalid, not_found
+from api.errors import BODY_STATUSES, READ_STATUSES, WRITE_STATUSES, error_responses, invalid, not_found
 from api.schemas import (
     JobCreate,
     JobDetail,
@@ -29,12 +29,13 @@ from soce.db.models import Job, Suite
 from soce.errors import SoceError
 from soce.flow import JobState
 from soce.schemas.report import stored_report
+from soce.schemas.run import MAX_NAME_LENGTH, MAX_ROW_ID, RowId, StoredStr
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 IdempotencyKey = Annotated[
-    str | None,
+    StoredStr | None,
     Header(
         alias="Idempotency-Key",
         max_length=255,
@@ -61,7 +62,24 @@ def _replay(job: Job, body: JobCreate, candidate_ids: list[int], key: str, respo
     return JobPublic.of(job)
 
 
-@router.post("", status_code=status.HTTP_201_CREATED, response_model=JobPublic)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobPublic,
+    responses={
+        200: {"model": JobPublic, "description": "a retry with the same Idempotency-Key: the job it created"},
+        **error_responses(
+            *WRITE_STATUSES,
+            *BODY_STATUSES,
+            409,
+            notes={
+                409: "the Idempotency-Key was used for a different request",
+                503: "the app database cannot be reached, or the broker cannot: then the job is stored "
+                "as failed",
+            },
+        ),
+    },
+)
 def create_job(
     body: JobCreate,
     session: SessionDep,
@@ -140,13 +158,16 @@ def _json(model: BaseModel) -> Response:
 # Optuna studies): the bodies come from api/job_reads.py, on a connection held only while it queries.
 # Like every route here they are sync functions: FastAPI runs them in its thread pool, so Optuna's
 # blocking reads never hold up the event loop.
-@router.get("", response_model=JobPage)
+@router.get("", response_model=JobPage, responses=error_responses(*READ_STATUSES, 422))
 def list_jobs(
     request: Request,
     state: Annotated[JobStateName | None, Query(description="only jobs in this state")] = None,
-    name: Annotated[str | None, Query(min_length=1, description="only jobs whose name contains this")] = None,
+    name: Annotated[
+        StoredStr | None,
+        Query(min_length=1, max_length=MAX_NAME_LENGTH, description="only jobs whose name contains this"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> Response:
     """Jobs, newest first, a page at a time, with the total number that match."""
     items, total = job_reads.read(
@@ -174,8 +195,12 @@ def _recorded_best(analysis: dict[str, Any], study_name: str) -> int | None:
     return number if isinstance(number, int) and not isinstance(number, bool) else None
 
 
-@router.get("/{job_id}", response_model=JobDetail)
-def get_job(job_id: int, request: Request) -> Response:
+@router.get(
+    "/{job_id}",
+    response_model=JobDetail,
+    responses=error_responses(*READ_STATUSES, 404, 422, notes={404: "no job has this id"}),
+)
+def get_job(job_id: RowId, request: Request) -> Response:
     """A job with everything the workers recorded: progress, analysis, best trial and the latest soup."""
     fields = job_reads.read(request.app.state.engine, job_reads.job_detail, job_id=job_id)
     if fields is None:
@@ -203,9 +228,18 @@ def get_job(job_id: int, request: Request) -> Response:
     return _json(detail)
 
 
-@router.get("/{job_id}/trials", response_model=TrialPage)
+@router.get(
+    "/{job_id}/trials",
+    response_model=TrialPage,
+    responses=error_responses(
+        *READ_STATUSES,
+        404,
+        422,
+        notes={404: "no job has this id", 503: "the app database or Optuna's cannot be reached"},
+    ),
+)
 def list_trials(
-    job_id: int,
+    job_id: RowId,
     session: SessionDep,
     optuna: OptunaDep,
     state: Annotated[
@@ -213,7 +247,7 @@ def list_trials(
         Query(pattern="^(?i:running|complete|pruned|fail|waiting)$", description="only trials in this state"),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=MAX_ROW_ID)] = 0,
 ) -> TrialPage:
     """The job's Optuna trials by number, read from Optuna's own database."""
     job = _get_job(session, job_id)
@@ -232,8 +266,18 @@ def list_trials(
     )
 
 
-@router.post("/{job_id}/cancel", response_model=JobPublic)
-def cancel_job(job_id: int, session: SessionDep, _key: Writer) -> JobPublic:
+@router.post(
+    "/{job_id}/cancel",
+    response_model=JobPublic,
+    responses=error_responses(
+        *WRITE_STATUSES,
+        404,
+        409,
+        422,
+        notes={404: "no job has this id", 409: "the job has already finished"},
+    ),
+)
+def cancel_job(job_id: RowId, session: SessionDep, _key: Writer) -> JobPublic:
     """Mark an unfinished job cancelled (the workers stop at their next check); 409 if it has finished."""
     job = _get_job(session, job_id)
     cancelled = crud.cancel_job(session=session, job_id=job_id)

@@ -8,9 +8,10 @@ from pathlib import Path
 from fastapi import APIRouter
 
 from api.deps import SessionDep
-from api.errors import not_found
+from api.errors import READ_STATUSES, error_responses, not_found
 from api.schemas import SoupPublic
 from soce.db.models import Soup
+from soce.schemas.run import RowId
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/v1/soups", tags=["soups"])
@@ -27,8 +28,12 @@ def _read_text(path: Path) -> str | None:
         return None
 
 
-@router.get("/{soup_id}", response_model=SoupPublic)
-def get_soup(soup_id: int, session: SessionDep) -> SoupPublic:
+@router.get(
+    "/{soup_id}",
+    response_model=SoupPublic,
+    responses=error_responses(*READ_STATUSES, 404, 422, notes={404: "no soup has this id"}),
+)
+def get_soup(soup_id: RowId, session: SessionDep) -> SoupPublic:
     """A soup with its weights, scores and lineage, and the README.md and soce_recipe.yml of its folder."""
     row = session.get(Soup, soup_id)
     if row is None:

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from soce.db.models import JOB_FINISHED_STATES, JOB_STATES, Candidate, CandidateTag, Job, Score, Suite
@@ -141,3 +141,15 @@ def cancel_job(*, session: Session, job_id: int, now: datetime | None = None) ->
         .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1
+
+
+def count_stalled_jobs(*, session: Session, now: datetime, stall_seconds: float) -> int:
+    """Active jobs whose row and heartbeat are both older than `stall_seconds`: no progress, and no
+    worker proving it runs one of their tasks (their message is lost, or waits behind other work)."""
+    cutoff = now - timedelta(seconds=stall_seconds)
+    query = select(func.count()).where(
+        Job.state.not_in(JOB_FINISHED_STATES),
+        Job.updated_at < cutoff,
+        or_(Job.heartbeat_at.is_(None), Job.heartbeat_at < cutoff),
+    )
+    return int(session.scalar(query) or 0)

@@ -199,6 +199,9 @@ class Job(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, server_default=func.now(), index=True)
     updated_at: Mapped[datetime] = _updated()
+    # set every few seconds by a worker running one of the job's tasks: a job whose heartbeat and row
+    # are both stale, with no message waiting in the broker, has lost its task (workers.sweep)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
@@ -256,6 +259,20 @@ class ApiKey(Base):
 
     def __repr__(self) -> str:
         return f"ApiKey({self.name} {self.prefix}…{' revoked' if self.revoked else ''})"
+
+
+class AppSecret(Base):
+    """A secret every API process must share (the dashboard's session key): the first process to need it
+    stores a random value, and every process reads back the stored one."""
+
+    __tablename__ = "app_secrets"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _created()
+
+    def __repr__(self) -> str:
+        return f"AppSecret({self.name})"  # never the value
 
 
 class Schedule(Base):

@@ -4,13 +4,34 @@ from __future__ import annotations
 
 import glob
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from soce.errors import RunRecipeError
 from soce.schemas.merge import pydantic_error_message
+
+# What the database can hold, for the inputs that end up in its columns (soce/db/models.py).
+MAX_ROW_ID = 2**31 - 1  # every id is a PostgreSQL integer column
+MAX_NAME_LENGTH = 255  # names and tags are String(255) columns
+MAX_PATH_LENGTH = 4096  # Linux's PATH_MAX: no longer path can be opened
+MAX_CANDIDATES = 1000  # candidates registered by one request, or named by one job
+
+
+def refuse_nul(value: str) -> str:
+    """`value` itself, or a ValueError: PostgreSQL's text and JSONB columns cannot hold NUL (\\x00)."""
+    if "\x00" in value:
+        raise ValueError("holds a NUL character (\\x00), which no stored text may hold")
+    return value
+
+
+StoredStr = Annotated[str, AfterValidator(refuse_nul)]
+"""A string the database can store: no NUL character."""
+RowId = Annotated[int, Field(ge=1, le=MAX_ROW_ID)]
+"""The id of a stored row: what an id column can hold."""
+PathStr = Annotated[StoredStr, Field(min_length=1, max_length=MAX_PATH_LENGTH)]
+"""A file or folder path (or glob) on the server."""
 
 
 class RunRecipe(BaseModel):
@@ -18,24 +39,38 @@ class RunRecipe(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    name: str = Field("soce-soup", min_length=1, description="name of the soup (model card, reports)")
-    candidates: list[str] = Field(min_length=1, description="checkpoint folders or glob patterns")
-    suite: str = Field(min_length=1, description="suite YAML (categories of lm-eval tasks)")
+    name: StoredStr = Field(
+        "soce-soup",
+        min_length=1,
+        max_length=MAX_NAME_LENGTH,
+        description="name of the soup (model card, reports; a job's name)",
+    )
+    candidates: list[PathStr] = Field(min_length=1, description="checkpoint folders or glob patterns")
+    suite: PathStr = Field(description="suite YAML (categories of lm-eval tasks)")
     evaluator: Literal["lm_eval"] = Field("lm_eval", description="the evaluator that runs trials")
-    batch_size: int | None = Field(None, ge=1, description="evaluation batch size [SOCE_EVAL_BATCH_SIZE]")
+    # 4096 short requests of a small model already need ~50 GB for their logits alone (64 tokens x a
+    # 49k vocabulary in float32): no GPU holds a larger batch
+    batch_size: int | None = Field(
+        None, ge=1, le=4096, description="evaluation batch size [SOCE_EVAL_BATCH_SIZE]"
+    )
     correlation: Literal["pearson", "spearman"] = "pearson"
     tau: float = Field(
         0.5, ge=-1, le=1, description="a category is weakly correlated when rho < tau with another"
     )
     absolute: bool = Field(False, description="use |rho| < tau (the paper's formula) instead of rho < tau")
-    max_experts: int | None = Field(None, ge=2)
+    # a cap above the number of candidates a job can name would cap nothing
+    max_experts: int | None = Field(None, ge=2, le=MAX_CANDIDATES)
     sampler: Literal["grid", "tpe", "cmaes", "nsga2"] = "tpe"
+    # each trial is a full evaluation on a GPU (seconds to minutes), and TPE's cost per ask grows with
+    # the trials told: 10,000 is days of GPU time, far past where a search over a few weights converges
     n_trials: int | None = Field(
-        None, ge=1, description="default: the whole grid, or 40 for the other samplers"
+        None, ge=1, le=10_000, description="default: the whole grid, or 40 for the other samplers"
     )
     parallel_trials: int = Field(1, ge=1, le=64)
     space: Literal["simplex", "layerwise"] = "simplex"
-    layer_groups: int = Field(2, ge=1, description="depth buckets of blocks for the layerwise space")
+    # the deepest open models have fewer than 128 blocks; more groups than blocks leave groups empty,
+    # and each group adds a weight per expert to the search
+    layer_groups: int = Field(2, ge=1, le=128, description="depth buckets of blocks for the layerwise space")
     pruning: bool = Field(False, description="score categories one at a time and stop hopeless trials")
     greedy_strict: bool = Field(False, description="greedy soup keeps a candidate only on a strict dev gain")
     include_best_single: bool = Field(
@@ -54,11 +89,14 @@ class RunRecipe(BaseModel):
     selection_trials: int = Field(
         3, ge=1, le=20, description="the best trials compared on the selection part"
     )
-    seed: int = 0
-    bootstrap_iterations: int = Field(2000, ge=100)
+    # the seed goes to numpy's legacy RandomState inside Optuna's samplers, which takes 0 <= seed < 2**32
+    seed: int = Field(0, ge=0, lt=2**32)
+    # each bootstrap holds an (iterations x examples) array per task (10,000 resamples of 1,000 examples
+    # are 80 MB); at 10,000 the Monte Carlo error of a 95% interval's ends is under 1% of its width
+    bootstrap_iterations: int = Field(2000, ge=100, le=10_000)
     confidence: float = Field(0.95, gt=0, lt=1)
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
-    output: str = Field("soce-out", min_length=1, description="folder for the soup and its report")
+    output: PathStr = Field("soce-out", description="folder for the soup and its report")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunRecipe:

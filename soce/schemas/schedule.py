@@ -17,9 +17,13 @@ from pydantic import (
 
 from soce.errors import SoceError
 from soce.schedules import next_fire, time_zone
-from soce.schemas.run import RunRecipe
+from soce.schemas.run import MAX_NAME_LENGTH, PathStr, RowId, RunRecipe, StoredStr
 
-Tag = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)]
+Tag = Annotated[StoredStr, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_NAME_LENGTH)]
+# The columns a schedule's cron expression and time zone are stored in: String(255) and String(64)
+Cron = Annotated[StoredStr, StringConstraints(max_length=255)]
+TimeZone = Annotated[StoredStr, StringConstraints(max_length=64)]
+WebhookUrl = Annotated[StoredStr, StringConstraints(pattern=r"^https?://", max_length=2000)]
 # The RunRecipe fields a job takes from its request: candidates and suite come by id, output is the
 # workers' business.
 SEARCH_FIELDS = tuple(n for n in RunRecipe.model_fields if n not in ("candidates", "suite", "output"))
@@ -30,7 +34,7 @@ class CandidateSource(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    glob: str | None = Field(None, description="absolute glob of checkpoint folders, registered when new")
+    glob: PathStr | None = Field(None, description="absolute glob of checkpoint folders, registered when new")
     tag: Tag | None = Field(None, description="registered candidates carrying this tag")
 
     @model_validator(mode="after")
@@ -57,7 +61,7 @@ class RecipeTemplate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    suite_id: int = Field(description="a stored suite's id")
+    suite_id: RowId = Field(description="a stored suite's id")
     name: str = RunRecipe.model_fields["name"]
     evaluator: Literal["lm_eval"] = RunRecipe.model_fields["evaluator"]
     batch_size: int | None = RunRecipe.model_fields["batch_size"]
@@ -130,12 +134,12 @@ class ScheduleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field(min_length=1, max_length=255, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-    cron: str = Field(description="five fields: minute hour day-of-month month day-of-week")
-    timezone: str = Field("UTC", description="IANA time zone the cron expression is read in")
+    cron: Cron = Field(description="five fields: minute hour day-of-month month day-of-week")
+    timezone: TimeZone = Field("UTC", description="IANA time zone the cron expression is read in")
     recipe_template: dict[str, Any] = Field(description="suite_id and a job's search settings")
     candidate_source: CandidateSource
     promotion_policy: PromotionPolicy = Field(default_factory=PromotionPolicy)
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000)
+    webhook_url: WebhookUrl | None = None
     enabled: bool = True
 
     @field_validator("cron")
@@ -159,12 +163,12 @@ class ScheduleUpdate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    cron: str | None = None
-    timezone: str | None = None
+    cron: Cron | None = None
+    timezone: TimeZone | None = None
     recipe_template: dict[str, Any] | None = None
     candidate_source: CandidateSource | None = None
     promotion_policy: PromotionPolicy | None = None
-    webhook_url: str | None = Field(None, pattern=r"^https?://", max_length=2000, description="null: none")
+    webhook_url: WebhookUrl | None = Field(None, description="null: none")
     enabled: bool | None = None
 
     @field_validator("cron")

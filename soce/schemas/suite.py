@@ -141,8 +141,7 @@ class SuiteSpec(BaseModel):
         except FileNotFoundError:
             raise SuiteError(f"{path}: no such suite file") from None
         except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise SuiteError(f"{path}: cannot be read as YAML ({first})") from None
+            raise SuiteError(f"{path}: cannot be read as YAML ({_why_unreadable(e)})") from None
         if not isinstance(data, dict):
             raise SuiteError(f"{path}: a suite is a YAML mapping")
         if data.get("include_path"):
@@ -156,6 +155,18 @@ class SuiteSpec(BaseModel):
             return cls.model_validate(data)
         except ValidationError as e:
             raise SuiteError(where + pydantic_error_message(e)) from None
+
+
+def _why_unreadable(error: Exception) -> str:
+    """Why a file could not be read as YAML, by position only: YAML's own messages can quote the file."""
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    if isinstance(error, UnicodeDecodeError):
+        return f"not UTF-8 text at byte {error.start}"
+    mark = getattr(error, "problem_mark", None)
+    if mark is not None:
+        return f"invalid YAML at line {mark.line + 1}, column {mark.column + 1}"
+    return "invalid YAML"
 
 
 def file_digest(path: Path) -> str:

@@ -77,6 +77,7 @@ def settings(api_database_url: str, redis_db: redis.Redis, tmp_path: Path) -> Se
         broker_url=REDIS_URL,
         optuna_storage_url=f"sqlite:///{tmp_path / 'optuna.sqlite'}",
         data_dir=tmp_path / "data",
+        checkpoint_roots=[tmp_path],  # the test's checkpoints and suite files
     )
 
 

@@ -61,6 +61,36 @@ def test_healthz_reports_each_part(client, app) -> None:
     app.state.worker_probe = lambda: ["celery@gpu-1"]
     body = client.get("/healthz").json()
     assert body["status"] == "ok" and body["workers"]["names"] == ["celery@gpu-1"]
+    assert body["stalled_jobs"] == 0
+
+
+def test_healthz_and_metrics_show_stalled_jobs(client, app) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from sqlalchemy import update
+
+    from soce.db import Job, Suite
+
+    app.state.worker_probe = lambda: ["celery@gpu-1"]
+    stall = app.state.settings.stall_seconds()
+    old = datetime.now(UTC) - timedelta(seconds=2 * stall)
+    with session_scope(app.state.engine) as session:
+        suite = Suite(name="s", spec={}, content_hash="f" * 64)
+        jobs = [
+            Job(name=f"j{i}", suite=suite, recipe={}, state=state)
+            for i, state in enumerate(("searching", "scoring", "done"))
+        ]
+        session.add_all(jobs)
+        session.flush()
+        beating = jobs[1].id
+    with session_scope(app.state.engine) as session:  # all three unchanged for two stall periods
+        session.execute(update(Job).values(updated_at=old))
+        session.execute(  # a worker runs the second job's step and beats for it
+            update(Job).where(Job.id == beating).values(heartbeat_at=datetime.now(UTC), updated_at=old)
+        )
+    body = client.get("/healthz").json()
+    assert body["stalled_jobs"] == 1 and body["status"] == "degraded"  # the lost one; done is over
+    assert "soce_jobs_stalled 1" in client.get("/metrics").text
 
 
 def test_healthz_is_503_when_the_database_is_down(settings) -> None:

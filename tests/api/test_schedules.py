@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 
+import pytest
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from soce.config import get_settings
 from tests.api.factories import make_suite
 
 
@@ -19,6 +24,17 @@ def _body(suite_id: int, **over: object) -> dict:
         "promotion_policy": {"metric": "test_average", "min_improvement": 0.01},
     }
     return {**body, **over}
+
+
+@pytest.fixture
+def checkpoints_root(app: FastAPI, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """/checkpoints as the checkpoint root, in the app's settings and in the environment's."""
+    update = {"checkpoint_roots": [Path("/checkpoints")]}
+    app.state.settings = app.state.settings.model_copy(update=update)
+    monkeypatch.setenv("SOCE_CHECKPOINT_ROOTS", "/checkpoints")
+    get_settings.cache_clear()
+    yield
+    get_settings.cache_clear()
 
 
 def _error_locs(response) -> list[list]:
@@ -79,7 +95,9 @@ def test_reader_cannot_create(client: TestClient, keys: dict[str, dict[str, str]
     assert r.status_code == 403
 
 
-def test_patch_changes_only_the_given_fields(client: TestClient, writer: dict[str, str]) -> None:
+def test_patch_changes_only_the_given_fields(
+    client: TestClient, writer: dict[str, str], checkpoints_root: None
+) -> None:
     suite = make_suite(client, writer)
     created = client.post("/v1/schedules", json=_body(suite["id"]), headers=writer).json()
     url = f"/v1/schedules/{created['id']}"

@@ -25,7 +25,7 @@ BACKENDS = ["postgresql", "sqlite"]
 @pytest.fixture(scope="session")
 def postgres_admin() -> Iterator[Engine]:
     """An engine on the server's maintenance database, for CREATE and DROP DATABASE."""
-    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    engine = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT", pool_pre_ping=True)  # survives a restart
     cause = None
     try:
         with engine.connect() as conn:

@@ -5,6 +5,7 @@ timing changes, and an unknown suite is refused before anything changes."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -93,6 +94,7 @@ def test_update_changes_the_given_fields_and_plans_again_when_the_timing_changes
             session=session,
             schedule=row,
             spec=_update(promotion_policy=policy, candidate_source={"glob": "/c/*"}),
+            checkpoint_roots=[Path("/c")],
         )
         assert row.promotion_policy == {"metric": "test_average", "min_improvement": 0.05}
         assert row.candidate_source == {"glob": "/c/*"}

@@ -35,7 +35,7 @@ from soce.db import (
     verify_api_key,
 )
 from soce.db.apikeys import KEY_PREFIX, PREFIX_CHARS
-from soce.db.migrate import VERSION_TABLE, alembic_config, current_revision, downgrade, upgrade
+from soce.db.migrate import HEAD, VERSION_TABLE, alembic_config, current_revision, downgrade, upgrade
 from soce.errors import DatabaseError
 
 OURS = set(Base.metadata.tables)
@@ -74,7 +74,7 @@ def job(suite_row: Suite, **fields) -> Job:
 
 
 def test_migrations_match_the_models(engine: Engine) -> None:
-    assert current_revision(engine) == head(engine) == "0002"
+    assert current_revision(engine) == head(engine) == HEAD
     assert tables(engine) == OURS | {VERSION_TABLE}
     assert schema_diff(engine) == []
 
@@ -93,7 +93,7 @@ def test_downgrade_and_upgrade_leave_other_tables_alone(empty_engine: Engine) ->
     assert tables(engine) == {VERSION_TABLE, "alembic_version"}
     assert current_revision(engine) is None
     upgrade(engine)
-    assert current_revision(engine) == "0002"
+    assert current_revision(engine) == HEAD
     with engine.connect() as conn:
         assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["v3.2.0.a"]
         conn.execute(text("DROP TABLE alembic_version"))
@@ -276,10 +276,10 @@ def soce(database_url: str) -> Iterator:
 
 
 def test_cli_db_upgrade_and_current(soce) -> None:
-    assert "empty; `soce db upgrade` migrates it to 0002" in soce("db", "current").stdout
-    assert "empty -> 0002" in soce("db", "upgrade").stdout
-    assert "already at 0002" in soce("db", "upgrade").stdout
-    assert soce("db", "current").stdout.rstrip().endswith(": 0002 (head)")
+    assert f"empty; `soce db upgrade` migrates it to {HEAD}" in soce("db", "current").stdout
+    assert f"empty -> {HEAD}" in soce("db", "upgrade").stdout
+    assert f"already at {HEAD}" in soce("db", "upgrade").stdout
+    assert soce("db", "current").stdout.rstrip().endswith(f": {HEAD} (head)")
 
 
 def test_cli_apikeys(soce, database_url: str) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, update
 
 from soce.config import Settings
 from soce.db import create_app_engine
@@ -19,6 +19,7 @@ from soce.db.engine import session_scope
 from soce.db.migrate import upgrade
 from soce.db.models import Job, Suite
 from soce.db.optuna_storage import optuna_storage
+from tests.service.conftest import redis_url  # noqa: F401  (a fixture, used by name)
 from workers.sweep import sweep
 
 STALL = 600.0
@@ -123,13 +124,49 @@ def test_two_sweeps_at_once_send_each_task_once(engine, settings) -> None:
     assert sorted(job_id for r in results for _, (job_id,) in r) == ids
 
 
-def test_the_stall_period_defaults_to_the_visibility_timeout(engine, tmp_path: Path) -> None:
+def test_the_stall_period_is_a_minute_by_default(engine, tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, visibility_timeout=3600)
-    assert settings.stall_seconds() == 3600
+    assert settings.stall_seconds() == 60  # not the visibility timeout: a lost task waits minutes, not hours
     assert Settings(data_dir=tmp_path, job_stall_seconds=120).stall_seconds() == 120
     now = datetime.now(UTC)
-    young = _job(engine, "queued", 3000, now)
-    old = _job(engine, "queued", 4000, now)
+    young = _job(engine, "queued", 30, now)
+    old = _job(engine, "queued", 90, now)
     messages: list[tuple[str, list[int]]] = []
     sweep(engine, now, settings=settings, send=lambda t, a: messages.append((t, a)))
     assert messages == [("soce.job.start", [old])] and young != old
+
+
+def test_a_job_with_a_fresh_heartbeat_or_a_waiting_message_is_left_alone(engine, settings) -> None:
+    now = datetime.now(UTC)
+    beating, waiting, lost = (_job(engine, "scoring", 2 * STALL, now) for _ in range(3))
+    with session_scope(engine) as session:  # a worker runs the first job's step and beats for it
+        for job_id, beat in ((beating, 5), (lost, 2 * STALL)):  # the second one's worker died
+            session.execute(
+                update(Job)
+                .where(Job.id == job_id)
+                .values(
+                    heartbeat_at=now - timedelta(seconds=beat), updated_at=now - timedelta(seconds=2 * STALL)
+                )
+            )
+    messages: list[tuple[str, list[int]]] = []
+    send = lambda t, a: messages.append((t, a))  # noqa: E731
+    sweep(engine, now, settings=settings, send=send, stall_seconds=STALL, queued=lambda: {waiting})
+    assert messages == [("soce.job.score", [lost])]
+    assert sweep(engine, now, settings=settings, send=send, stall_seconds=STALL, queued=lambda: None) == []
+
+
+def test_waiting_messages_are_read_from_the_broker(redis_url: str) -> None:  # noqa: F811
+    import redis as redis_client
+    from celery import Celery
+
+    from workers.sweep import queued_jobs
+
+    producer = Celery("t", broker=redis_url, set_as_current=False)
+    producer.conf.task_routes = {"soce.job.*": {"queue": "gpu"}, "soce.schedules.*": {"queue": "cpu"}}
+    producer.send_task("soce.job.trial", args=[7, 3])
+    producer.send_task("soce.job.score", args=[9])
+    producer.send_task("soce.schedules.tick", args=[])  # not a job's task
+    assert queued_jobs(redis_url) == {7, 9}
+    redis_client.Redis.from_url(redis_url).flushdb()
+    assert queued_jobs(redis_url) == set()
+    assert queued_jobs("redis://127.0.0.1:1/0") is None  # nothing listens there

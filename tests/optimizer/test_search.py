@@ -274,3 +274,14 @@ def test_trials_are_stored_whole_in_order_and_an_error_loses_only_unfinished_one
     again = optuna.load_study(study_name="s", storage=url).trials
     assert [t.number for t in again] == list(range(len(again)))
     assert [r.number for r in result.history] == [t.number for t in again]
+
+
+def test_a_trial_asked_without_all_its_parameters_is_failed_not_evaluated():
+    s = search("tpe", 4)
+    s.begin(lambda t: True)
+    trial = s.study.ask()  # the asker died after one of its two parameters
+    trial.suggest_float("u0", 0.0, 1.0)
+    ev = Counter()
+    assert search("tpe", 4, storage=s.storage, evaluate=ev).evaluate_trial(trial.number) is False
+    assert ev.calls == [] and s.study.trials[trial.number].state.name == "FAIL"
+    assert "asker stopped" in s.study.trials[trial.number].user_attrs["error"]

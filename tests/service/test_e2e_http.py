@@ -84,9 +84,12 @@ def gpu_worker(
 
 
 @pytest.fixture(scope="module")
-def api(service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
-    """A client of `soce serve`, with a read-write key made by `soce apikey create`."""
-    server = Server(service_env, tmp_path_factory.mktemp("api-logs"))
+def api(
+    service_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory, tiny_zoo: Path
+) -> Iterator[httpx.Client]:
+    """A client of `soce serve` that may read the zoo, with a read-write key made by `soce apikey create`."""
+    env = {**service_env, "SOCE_CHECKPOINT_ROOTS": str(tiny_zoo)}
+    server = Server(env, tmp_path_factory.mktemp("api-logs"))
     try:
         made = subprocess.run(
             [_soce(), "apikey", "create", "--name", "e2e"],
