@@ -13,7 +13,7 @@ from api.auth import require_reader
 from api.broker import JobQueue
 from api.dashboard_session import signing_key
 from api.errors import install_error_handlers
-from api.middleware import BodySizeLimit, ServerTiming
+from api.middleware import BodySizeLimit, ConcurrencyLimit, ServerTiming
 from api.routes import candidates, dashboard, health, jobs, schedules, schemas, soups, suites
 from api.trials import OptunaStudies
 from soce import __version__
@@ -55,7 +55,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.dashboard_secret = signing_key(secret) if secret else None
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes)
-    app.add_middleware(ServerTiming)  # added last, so outermost: its time includes the limit's
+    app.add_middleware(ServerTiming)  # the server's own time: from admission to the response's headers
+    app.add_middleware(ConcurrencyLimit, limit=settings.max_concurrent_requests)  # outermost: the queue
     for module in (candidates, suites, jobs, soups, schedules, schemas, health, dashboard):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=Path(__file__).parent / "static"), name="static")

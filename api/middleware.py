@@ -6,6 +6,7 @@ buffer a body themselves.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 
@@ -108,3 +109,28 @@ class ServerTiming:
             await send(message)
 
         await self.app(scope, receive, timed_send)
+
+
+class ConcurrencyLimit:
+    """Lets at most `limit` requests into the app at once; the others wait here, in arrival order.
+
+    Sync routes run in a thread pool of 40 threads sharing one interpreter lock: with 50 clients, every
+    request admitted at once makes every other slower, and a request's time in the app is mostly the
+    others' work. Admitting a few at a time keeps each request's time close to its own work (the
+    Server-Timing header, inside this limit, measures that), and the wait in front of the app is the
+    queue a client sees anyway. The lifespan and websockets pass through.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self._slots: asyncio.Semaphore | None = None  # made in the server's event loop, on first use
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.limit)
+        async with self._slots:
+            await self.app(scope, receive, send)

@@ -18,8 +18,10 @@ connections, and the clients share the CPUs with the server.
 Printed per endpoint and overall: requests, throughput (req/s), p50 and p99 latency as the clients
 see it, and errors (any status but 200, and transport errors); target beside it: p99 < 100 ms at 50
 clients, no errors. Beside them, p50 and p99 of the server's own time per request, from the
-`Server-Timing: app;dur=<ms>` header of each response (from the request reaching the app to its
-response's headers): what the clients see beyond it is queueing, HTTP and the clients themselves.
+`Server-Timing: app;dur=<ms>` header of each response (from the request's admission into the app,
+SOCE_MAX_CONCURRENT_REQUESTS at a time, to its response's headers), with its target: p99 < 50 ms at
+50 clients, no errors. What the clients see beyond it is the queue for admission, HTTP and the
+clients themselves, on the same CPUs.
 Then CPU per request of the server's processes, of the PostgreSQL backends that serve it and of the
 clients, and what that allows: in a closed loop, mean latency = clients / throughput (Little's law).
 The clients share the machine with the server, so a loaded machine shows in the numbers (the load
@@ -58,6 +60,7 @@ from typing import Any
 import httpx
 
 TARGET_P99_MS = 100.0
+TARGET_APP_P99_MS = 50.0  # the server's own time (Server-Timing), which a small machine can hold
 CATEGORIES = ("arithmetic", "strings", "recall", "counting")
 # how the workers leave jobs behind: mostly finished, some in every other state
 STATES = {
@@ -427,6 +430,12 @@ def report(tally: Tally, wall: float, args: argparse.Namespace, cpu: dict[str, f
     print(
         f"target: p99 < {TARGET_P99_MS:.0f} ms at 50 clients, no errors -> {verdict} "
         f"(p99 {p99:.1f} ms, {errors} errors, {args.clients} clients)"
+    )
+    app_p99 = percentile(server["overall"], 99) * 1000 if server["overall"] else float("nan")
+    verdict = "met" if app_p99 < TARGET_APP_P99_MS and errors == 0 else "NOT met"
+    print(
+        f"server target: app p99 < {TARGET_APP_P99_MS:.0f} ms at 50 clients, no errors -> {verdict} "
+        f"(app p99 {app_p99:.1f} ms, {errors} errors, {args.clients} clients; the clients share the CPUs)"
     )
 
 

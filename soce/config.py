@@ -99,6 +99,13 @@ class Settings(BaseSettings):
     optuna_dashboard_url: str | None = Field(
         None, description="base URL of an optuna-dashboard on Optuna's database, linked from job pages"
     )
+    max_concurrent_requests: int = Field(
+        4,
+        ge=1,
+        le=1000,
+        description="requests one API process works on at once; the others wait in arrival order "
+        "(read by the API)",
+    )
     transient_retry_seconds: list[float] = Field(
         default=[1.0, 2.0, 4.0, 8.0, 15.0],
         description="a task that meets an error a retry can cure (a database or broker connection lost, "

@@ -351,3 +351,28 @@ def test_every_response_says_the_server_time(client: TestClient, writer: dict[st
     assert [r.status_code for r in responses] == [200, 404, 422, 404, 413]
     for r in responses:
         assert re.fullmatch(r"app;dur=\d+\.\d\d", r.headers["server-timing"]), r.headers
+
+
+def test_at_most_the_limit_of_requests_are_in_the_app_at_once() -> None:
+    """The concurrency limit admits `limit` requests at a time; the rest wait in arrival order."""
+    from api.middleware import ConcurrencyLimit
+
+    inside, most, order = 0, 0, []
+
+    async def app(scope: dict, receive: Any, send: Any) -> None:
+        nonlocal inside, most
+        inside += 1
+        most = max(most, inside)
+        await asyncio.sleep(0.01)
+        order.append(scope["path"])
+        inside -= 1
+
+    limited = ConcurrencyLimit(app, limit=3)
+
+    async def many() -> None:
+        await asyncio.gather(*(limited({"type": "http", "path": f"/{i}"}, None, None) for i in range(20)))
+
+    runner = threading.Thread(target=lambda: asyncio.run(many()))
+    runner.start()
+    runner.join(timeout=60)
+    assert most == 3 and len(order) == 20
