@@ -218,12 +218,17 @@ class SearchBar:
         return self
 
     def update(self) -> None:
+        from sqlalchemy import select
+
         from soce.db import Job, session_scope
 
-        with session_scope(self.engine) as session:
-            job = session.get(Job, self.job_id)
-            search = ((job.progress or {}).get("search") or {}) if job is not None else {}
-            sampler = (job.recipe or {}).get("sampler", "tpe") if job is not None else ""
+        if self.display.quiet:  # nothing is shown: no need to read the job
+            return
+        with session_scope(self.engine) as session:  # two columns, not the row and its score matrices
+            row = session.execute(select(Job.progress, Job.recipe).where(Job.id == self.job_id)).first()
+        progress, recipe = row if row is not None else ({}, {})
+        search = (progress or {}).get("search") or {}
+        sampler = (recipe or {}).get("sampler", "tpe")
         done, total = int(search.get("done") or 0), search.get("total")
         if total is None:
             return
