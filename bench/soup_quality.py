@@ -33,7 +33,7 @@ def zoo_for(size: str, seed: int, pool: str) -> Path:
 
 def run(zoo: Path, out: Path, variant: str, trials: int) -> dict[str, Any]:
     from soce.schemas.run import RunRecipe
-    from workers.pipeline import run_local
+    from workers.local import run_local
 
     paper = variant == "paper"
     recipe = RunRecipe(
@@ -47,14 +47,15 @@ def run(zoo: Path, out: Path, variant: str, trials: int) -> dict[str, Any]:
         selection_fraction=0.0 if paper else 0.5,
         output=str(out),
     )
-    return run_local(recipe).report
+    return run_local(recipe).report.as_json()
 
 
 def paper_result(zoo: Path, report: dict[str, Any]) -> tuple[float, dict[str, float]]:
     """The paper's result: the best trial on dev, its test average and interval against the best single."""
     from optimizer.space import SoupWeights
     from soce.schemas.run import RunRecipe
-    from workers.pipeline import intervals, open_run, test_scores
+    from workers.finalize import intervals, test_scores
+    from workers.pipeline import open_run
     from workers.resident import ResidentSoup
 
     history = [t for t in report["search"]["history"] if t["number"] == report["search"]["best_trial"]]
