@@ -188,6 +188,12 @@ def _ask(
     asked_by).
     """
     finished, running = search.tally()
+    for t in [t for t in running if "job" not in t.user_attrs]:
+        # asking is decided under this lock, so a running trial naming no job was left by an attempt
+        # that stopped between asking it and naming its job (a killed query): nobody will evaluate it
+        reason = "asked by an attempt that stopped before naming its job"
+        search.trials.fail(t.number, reason, ask_again=False)
+        running.remove(t)
     mine = [
         (t.number, t.user_attrs.get("asked_by")) for t in running if t.user_attrs.get("job") == ctx.job_id
     ]
