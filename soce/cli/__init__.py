@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from soce.cli import apikeys, db, models, runs, schedules, service, zoo
+from soce.cli import analysis, apikeys, db, explain, models, runs, schedules, service, suites, zoo
 from soce.cli.service import WORKER_QUEUES
 
 __all__ = ["WORKER_QUEUES", "app"]
@@ -36,5 +36,5 @@ def main(
 
 
 # the order of `soce --help`: commands as registered here, then the groups
-for _group in (models, zoo, runs, db, apikeys, schedules, service):
+for _group in (models, zoo, runs, analysis, explain, suites, db, apikeys, schedules, service):
     _group.register(app)
