@@ -118,6 +118,35 @@ def _build_task(manager: Any, suite: SuiteSpec, spec: TaskSpec, split: Split) ->
     return task
 
 
+class ChatTemplate:
+    """A tokenizer's chat template as lm-eval's HFLM applies it (`apply_chat_template`): the same
+    arguments, and the same retry without the system message when the template refuses one.
+
+    `key` identifies the template, so requests built with it are kept apart from other templates'.
+    """
+
+    def __init__(self, tokenizer: Any, *, where: str = "the model") -> None:
+        template = getattr(tokenizer, "chat_template", None)
+        if not template:
+            raise EvaluationError(
+                f"the suite applies the model's chat template, but the tokenizer of {where} has none"
+            )
+        self.tokenizer = tokenizer
+        self.key = canonical_hash(template)
+
+    def __call__(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
+        import jinja2
+
+        options = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
+        options["continue_final_message"] = not add_generation_prompt
+        try:
+            return self.tokenizer.apply_chat_template(chat_history, **options)
+        except jinja2.exceptions.TemplateError:
+            log.warning("the chat template refused the system message: it is left out")
+            chat = [m for m in chat_history if m["role"] != "system"]
+            return self.tokenizer.apply_chat_template(chat, **options)
+
+
 def part_fingerprint(fingerprint: str, part: DevPart | None) -> str:
     """The fingerprint of a task's examples in `part` of its split (the task's own without a part)."""
     return fingerprint if part is None else canonical_hash([fingerprint, part.key])
@@ -210,6 +239,7 @@ class LmEvalEvaluator(TaskEvaluator):
         (`evaluators.fingerprint_store`)."""
         key = json.dumps(
             [suite.include_path, suite.split_name(split), [t.name for t in suite.tasks], lm_eval_version()]
+            + (["chat"] if suite.apply_chat_template else [])
         )
         return remembered_fingerprints(
             key,
@@ -276,10 +306,14 @@ class LmEvalEvaluator(TaskEvaluator):
         lm = BatchedLM(model, tokenizer, batch_size=self.batch_size, show_progress=self.show_progress)
         # one run for all tasks batches best; one per task when progress is reported
         runs = [[s] for s in specs] if progress else [specs]
+        chat = ChatTemplate(tokenizer) if suite.apply_chat_template else None
         scores: dict[str, TaskScore] = {}
         with task_set.lock:
             for run in runs:
-                prepared = {s.name: task_set.prepare(s.name, seed=suite.seed, limit=suite.limit) for s in run}
+                prepared = {
+                    s.name: task_set.prepare(s.name, seed=suite.seed, limit=suite.limit, chat=chat)
+                    for s in run
+                }
                 results = self._run(lm, prepared)
                 scores.update({s.name: _read_score(s, results[s.name], samples=samples) for s in run})
                 if progress:

@@ -36,6 +36,7 @@ class PreparedTask:
     task: Any
     docs: list[tuple[int, Any]]  # (doc_id, doc) in lm-eval's order
     requests: list[list[Any]]  # each document's Instances, ordered as evaluate() orders them
+    instances: list[Any]  # all of them, as task.instances held them when built
     # per document: the choices' lengths in characters and bytes, for multiple-choice tasks whose
     # metrics are all decision metrics (None otherwise)
     choice_lengths: dict[int, tuple[list[float], list[float]]] | None = None
@@ -43,13 +44,20 @@ class PreparedTask:
     memo: dict[tuple, dict[str, Any]] = field(default_factory=dict)
 
     @classmethod
-    def build(cls, task: Any, *, limit: int | None) -> PreparedTask:
+    def build(cls, task: Any, *, limit: int | None, chat: Any = None) -> PreparedTask:
+        """chat: the model's chat template as lm-eval applies it (`apply_chat_template`), or None."""
         from lm_eval.evaluator_utils import get_sample_size
 
         if getattr(task, "UNSAFE_CODE", False) or getattr(task, "MULTIMODAL", False):
             raise EvaluationError(f"task {task.config.task!r} runs code or needs images: not supported")
         limit = get_sample_size(task, limit)
-        task.build_all_requests(limit=limit, rank=0, world_size=1)  # evaluate()'s call for our options
+        # evaluate()'s call for our options
+        if chat is None:
+            task.build_all_requests(limit=limit, rank=0, world_size=1)
+        else:
+            task.build_all_requests(
+                limit=limit, rank=0, world_size=1, apply_chat_template=True, chat_template=chat
+            )
         docs = list(task.doc_iterator(rank=0, limit=limit, world_size=1))
         by_doc: dict[int, list[Any]] = {}
         for instance in task.instances:
@@ -73,6 +81,7 @@ class PreparedTask:
             task=task,
             docs=docs,
             requests=[by_doc.get(doc_id, []) for doc_id, _ in docs],
+            instances=list(task.instances),
             choice_lengths=lengths,
             takes_first=task.config.filter_list is None,
         )
@@ -133,13 +142,20 @@ class TaskSet:
     lock: threading.Lock = field(default_factory=threading.Lock)
     prepared: dict[str, PreparedTask] = field(default_factory=dict)
 
-    def prepare(self, name: str, *, seed: int, limit: int | None) -> PreparedTask:
-        """The task's documents and requests (built on first use; the caller holds `lock`)."""
-        if name not in self.prepared:
+    def prepare(self, name: str, *, seed: int, limit: int | None, chat: Any = None) -> PreparedTask:
+        """The task's documents and requests (built on first use; the caller holds `lock`).
+
+        chat: the model's chat template (`ChatTemplate`): requests are built per template, since the
+        prompts depend on it.
+        """
+        key = name if chat is None else f"{name}\0{chat.key}"
+        if key not in self.prepared:
             task = self.tasks[name]
             task.set_fewshot_seed(seed=seed)
-            self.prepared[name] = PreparedTask.build(task, limit=limit)
-        return self.prepared[name]
+            self.prepared[key] = PreparedTask.build(task, limit=limit, chat=chat)
+        prepared = self.prepared[key]
+        prepared.task._instances = prepared.instances  # the task's filters read the instances it holds
+        return prepared
 
 
 class TaskResult(NamedTuple):
@@ -157,7 +173,7 @@ def evaluate_prepared(
     filters, score each document with the task's own metrics and aggregate them."""
     by_type: dict[str, list[Any]] = {}
     for prepared in tasks.values():
-        for instance in prepared.task.instances:
+        for instance in prepared.instances:
             instance.resps, instance.filtered_resps = [], {}
             by_type.setdefault(instance.request_type, []).extend([instance] * instance.repeats)
     for request_type, instances in by_type.items():
@@ -171,7 +187,7 @@ def evaluate_prepared(
             prepared.task.apply_filters()
             filtered = {
                 key: [[i.filtered_resps[key] for i in instances] for instances in prepared.requests]
-                for key in prepared.task.instances[0].filtered_resps
+                for key in prepared.instances[0].filtered_resps
             }
         raw: dict[tuple[str, str], list] = {}
         for filter_key, per_doc in filtered.items():

@@ -152,6 +152,8 @@ def task_fingerprint(suite: SuiteSpec, name: str, split: Split, *, lm_eval_versi
         "task": name,
         "split": suite.split_name(split),
     }
+    if suite.apply_chat_template:  # the prompts are the model's chat template around the task's text
+        payload["chat_template"] = True
     if path is None:  # built-in lm-eval task: its definition comes with the lm-eval version
         payload["lm_eval"] = lm_eval_version
     else:
