@@ -1,25 +1,40 @@
-"""The `external` evaluator: scores imported from a CSV or JSON file, as the SoCE paper took
+"""The `external` evaluator: scores imported from CSV or JSON files, as the SoCE paper took
 candidates' scores from public leaderboards.
 
-Each row (a CSV line, or an object in a JSON list or under "scores") has `candidate`, either `task`
-or `category`, `score`, and optionally `stderr`, `n` and `split` (dev, test, or the suite's split
-name; a row without one counts for every split). A candidate is matched by the name given on the
-command line, by its folder's name, or by its path relative to the score file.
+A file of score rows (a CSV line, or an object in a JSON list or under "scores") gives `candidate`,
+either `task` or `category`, `score`, and optionally `stderr`, `n` and `split` (dev, test, or the suite's
+split name; a row without one counts for every split). A CSV with a model column and neither `candidate`
+nor `score` is a leaderboard table (BFCL's data_overall.csv, ...), read by evaluators.leaderboard into
+such rows, without a split. Several files may be given together. A candidate is matched by the name
+given on the command line, by its folder's name, or by its path relative to the score file.
 """
 
 from __future__ import annotations
 
 import csv
+import difflib
 import json
+import logging
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from evaluators._base import Evaluator, Progress
+from evaluators.leaderboard import (
+    LeaderboardScores,
+    LeaderboardTable,
+    is_leaderboard,
+    leaderboard_scores,
+    model_column_of,
+    read_leaderboard,
+)
 from soce.errors import ScoreFileError
 from soce.schemas.scores import CategoryScore, SuiteScores, TaskScore
 from soce.schemas.suite import Split, SuiteSpec
+
+log = logging.getLogger(__name__)
 
 REQUIRED = ("candidate", "score")
 OPTIONAL = ("task", "category", "stderr", "n", "split")
@@ -35,6 +50,7 @@ class ScoreRow:
     stderr: float | None
     n: int | None
     split: str | None
+    source: Path | None = None  # the file it came from: a candidate's path is relative to its folder
 
     @property
     def target(self) -> tuple[str, str]:
@@ -107,8 +123,11 @@ def read_score_file(path: Path) -> list[ScoreRow]:
         if "task" not in columns and "category" not in columns:
             missing.append("task or category")
         if missing:
+            wide = model_column_of(columns) is not None
+            hint = "; a leaderboard table? name its model column with --model-column" if wide else ""
             raise ScoreFileError(
-                f"{path}: missing column(s) {', '.join(missing)} (columns: {', '.join(columns) or 'none'})"
+                f"{path}: missing column(s) {', '.join(missing)} "
+                f"(columns: {', '.join(columns) or 'none'}){hint}"
             )
         reader.fieldnames = columns
         rows = []
@@ -116,6 +135,7 @@ def read_score_file(path: Path) -> list[ScoreRow]:
             if None in record:
                 raise ScoreFileError(f"{path}, line {reader.line_num}: more values than columns")
             rows.append(_row(record, f"{path}, line {reader.line_num}"))
+    rows = [replace(r, source=path) for r in rows]
     if not rows:
         raise ScoreFileError(f"{path}: holds no score rows")
     seen: dict[tuple, ScoreRow] = {}
@@ -132,13 +152,81 @@ def read_score_file(path: Path) -> list[ScoreRow]:
 
 class ExternalScores(Evaluator):
     name = "external"
-    summary = "scores imported from a CSV or JSON file (candidate, task or category, score, stderr, n)"
+    summary = (
+        "scores imported from files: score rows (candidate, task or category, score, stderr, n) or "
+        "leaderboard tables (a model column and a column per category)"
+    )
 
-    def __init__(self, *, scores_file: str | Path | None = None) -> None:
-        if scores_file is None:
+    def __init__(
+        self,
+        *,
+        scores_file: str | Path | Sequence[str | Path] | None = None,
+        columns: Mapping[str, str] | None = None,
+        model_column: str | None = None,
+    ) -> None:
+        """scores_file: one file or several; columns: {header: category} for leaderboard tables, beside
+        the built-in BFCL mapping; model_column: read every CSV as a leaderboard with this model column."""
+        files = [scores_file] if isinstance(scores_file, str | Path) else list(scores_file or [])
+        if not files:
             raise ScoreFileError("the external evaluator needs a score file (--scores FILE)")
-        self.path = Path(scores_file)
-        self.rows = read_score_file(self.path)
+        self.paths = [Path(f) for f in files]
+        self.path = self.paths[0]
+        self.rows: list[ScoreRow] = []  # score rows; a leaderboard's rows depend on the suite
+        self.tables: list[LeaderboardTable] = []
+        for path in self.paths:
+            if is_leaderboard(path, model_column=model_column):
+                self.tables.append(read_leaderboard(path, model_column=model_column))
+            else:
+                self.rows.extend(read_score_file(path))
+        seen: dict[tuple, ScoreRow] = {}
+        for r in self.rows:
+            key = (r.candidate, *r.target, r.split)
+            if key in seen:
+                raise ScoreFileError(
+                    f"{r.where}: duplicate score for {r.candidate!r} {r.target[0]} {r.target[1]!r} "
+                    f"(first given at {seen[key].where})"
+                )
+            seen[key] = r
+        self.columns = dict(columns or {})
+        if self.columns and not self.tables:
+            raise ScoreFileError(
+                f"{', '.join(map(str, self.paths))}: column mappings are for leaderboard tables (a model "
+                "column and a column per category); these files hold score rows"
+            )
+        if self.tables:
+            log.warning(
+                "%s: a leaderboard has no dev or test split; its scores count for both, so test scores "
+                "from it are not held out",
+                ", ".join(str(t.path) for t in self.tables),
+            )
+        self._boards: dict[tuple[str, ...], tuple[LeaderboardScores, list[ScoreRow]]] = {}
+        self._resolved: dict[tuple[Path, str], Path] = {}
+
+    def _board(self, suite: SuiteSpec) -> tuple[LeaderboardScores, list[ScoreRow]] | None:
+        """The tables read for the categories of `suite` that no score row names, and their rows."""
+        if not self.tables:
+            return None
+        suite_tasks = {t.name for t in suite.tasks}
+        named = {r.category for r in self.rows if r.category}
+        named |= {suite.category_of(r.task) for r in self.rows if r.task and r.task in suite_tasks}
+        wanted = tuple(c for c in suite.category_names if c not in named)
+        if wanted not in self._boards:
+            board = leaderboard_scores(self.tables, wanted, columns=self.columns)
+            rows = [
+                ScoreRow(s.where, s.candidate, None, s.category, s.score, None, None, None, s.source)
+                for s in board.scores
+            ]
+            self._boards[wanted] = (board, rows)
+        return self._boards[wanted]
+
+    def leaderboard(self, suite: SuiteSpec) -> LeaderboardScores | None:
+        """The leaderboard tables read for `suite`, or None without tables."""
+        got = self._board(suite)
+        return got[0] if got else None
+
+    def _all_rows(self, suite: SuiteSpec) -> list[ScoreRow]:
+        got = self._board(suite)
+        return self.rows + (got[1] if got else [])
 
     def _check(self, suite: SuiteSpec) -> None:
         tasks, categories = {t.name for t in suite.tasks}, set(suite.category_names)
@@ -156,23 +244,79 @@ class ExternalScores(Evaluator):
                     f"{r.where}: field 'split': {r.split!r} is none of {', '.join(sorted(splits))}"
                 )
 
-    def _matches(self, row: ScoreRow, candidate: str | Path) -> bool:
+    def _matching(self, rows: Sequence[ScoreRow], candidate: str | Path) -> list[ScoreRow]:
+        """The rows of `candidate`: by its name, its folder's name, or its path from the score file."""
         given = Path(candidate)
-        return row.candidate in (str(candidate), given.name) or (
-            (self.path.parent / row.candidate).resolve() == given.resolve()
+        names, target = {str(candidate), given.name}, given.resolve()
+        found = []
+        for r in rows:
+            key = ((r.source or self.path).parent, r.candidate)
+            if key not in self._resolved:  # a leaderboard repeats each name once per category
+                self._resolved[key] = (key[0] / key[1]).resolve()
+            if r.candidate in names or self._resolved[key] == target:
+                found.append(r)
+        return found
+
+    def candidates(self, suite: SuiteSpec, split: Split) -> tuple[list[str], dict[str, str]]:
+        """Every candidate the files name, in order: those scored in every category of `suite` on
+        `split`, and the others, each with what it lacks."""
+        self._check(suite)
+        rows = self._all_rows(suite)
+        wanted = {split, suite.split_name(split), None}
+        board = self.leaderboard(suite)
+        names = list(dict.fromkeys([r.candidate for r in self.rows] + (board.candidates if board else [])))
+        have: dict[str, set[tuple[str, str]]] = {n: set() for n in names}
+        for r in rows:
+            if r.split in wanted:
+                have[r.candidate].add(r.target)
+        complete, lacking = [], {}
+        for name in names:
+            gaps = [
+                c.name
+                for c in suite.categories
+                if ("category", c.name) not in have[name]
+                and not all(("task", t.name) in have[name] for t in c.tasks)
+            ]
+            if gaps:
+                where = {c: board.missing[(name, c)] for c in gaps if board and (name, c) in board.missing}
+                lacking[name] = "no score in " + ", ".join(
+                    f"{c} (N/A at {where[c]})" if c in where else c for c in gaps
+                )
+            else:
+                complete.append(name)
+        return complete, lacking
+
+    def _unknown(self, candidate: str | Path, split: Split, known: Sequence[str]) -> ScoreFileError:
+        files = ", ".join(map(str, self.paths))
+        if len(known) <= 10:
+            return ScoreFileError(
+                f"{files}: no {split} scores for candidate {str(candidate)!r} "
+                f"(it has: {', '.join(sorted(known))})"
+            )
+        close = difflib.get_close_matches(str(candidate), known, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+        return ScoreFileError(
+            f"{files}: no {split} scores for candidate {str(candidate)!r} among its {len(known)} "
+            f"candidates{hint}"
         )
 
     def score(
         self, candidate: str | Path, suite: SuiteSpec, split: Split, *, progress: Progress | None = None
     ) -> SuiteScores:
         self._check(suite)
+        board = self.leaderboard(suite)
+        every = self._all_rows(suite)
         wanted = {split, suite.split_name(split), None}
-        rows = [r for r in self.rows if r.split in wanted and self._matches(r, candidate)]
+        rows = self._matching([r for r in every if r.split in wanted], candidate)
         if not rows:
-            known = ", ".join(sorted({r.candidate for r in self.rows}))
-            raise ScoreFileError(
-                f"{self.path}: no {split} scores for candidate {str(candidate)!r} (it has: {known})"
-            )
+            blanks = board.missing if board else {}
+            blank = next((w for (m, _), w in blanks.items() if m == str(candidate)), None)
+            if blank:  # a model of the table with N/A in every category of the suite
+                raise ScoreFileError(
+                    f"{blank}: no score for candidate {str(candidate)!r} (the cell is N/A or empty)"
+                )
+            known = [r.candidate for r in every] + (board.candidates if board else [])
+            raise self._unknown(candidate, split, list(dict.fromkeys(known)))
         by_target: dict[tuple[str, str], ScoreRow] = {}
         for r in rows:
             if r.target in by_target:
@@ -187,6 +331,7 @@ class ExternalScores(Evaluator):
             for (kind, name), r in by_target.items()
             if kind == "task"
         }
+        matched = {r.candidate for r in rows}
         categories = {}
         for c in suite.categories:
             row = by_target.get(("category", c.name))
@@ -201,6 +346,13 @@ class ExternalScores(Evaluator):
                     category=c.name, value=row.score, stderr=row.stderr, n=row.n
                 )
             elif len(given) < len(c.tasks):
+                blanks = board.missing if board else {}
+                blank = next((blanks[(m, c.name)] for m in matched if (m, c.name) in blanks), None)
+                if blank:
+                    raise ScoreFileError(
+                        f"{blank}: no score for candidate {str(candidate)!r} in category {c.name!r} "
+                        "(the cell is N/A or empty)"
+                    )
                 missing = ", ".join(t.name for t in c.tasks if t.name not in tasks)
                 raise ScoreFileError(
                     f"{self.path}: no {split} score for candidate {str(candidate)!r} in category "

@@ -10,10 +10,16 @@ from typing import Annotated, Any
 import typer
 
 from soce.cli._common import fail, friendly
+from soce.cli.analysis import ColumnOption, ColumnsOption, ModelColumnOption, ScoresOption, external_options
 
 
 def _quiet_libraries() -> None:
-    """lm-eval's and Hugging Face's own bars and notes only with -v."""
+    """lm-eval's and Hugging Face's own bars and notes only with -v.
+
+    TQDM_DISABLE quiets the bars lm-eval draws while it builds requests (no switch of its own); tqdm
+    reads it on import and applies it only to bars that pass no `disable`, so ours (workers.progress)
+    pass one and stay.
+    """
     import os
 
     if logging.getLogger().level > logging.INFO:
@@ -85,12 +91,22 @@ def demo(
 @friendly
 def score(
     checkpoints: Annotated[
-        list[Path], typer.Argument(help="checkpoint folders (with --evaluator external: names in the file)")
-    ],
-    suite: Annotated[Path, typer.Option(help="suite YAML: categories of lm-eval tasks, dev and test splits")],
-    split: Annotated[str, typer.Option(help="dev (to choose anything) or test (held out, to report)")],
-    evaluator: Annotated[str, typer.Option(help="lm_eval (run tasks) or external (a file)")] = "lm_eval",
-    scores: Annotated[Path | None, typer.Option(help="CSV or JSON scores for --evaluator external")] = None,
+        list[Path] | None,
+        typer.Argument(help="checkpoint folders (with --evaluator external: names in the files)"),
+    ] = None,
+    suite: Annotated[
+        Path, typer.Option(help="suite YAML: categories of lm-eval tasks, dev and test splits")
+    ] = ...,  # required: a default only because the optional CHECKPOINTS come first
+    split: Annotated[str, typer.Option(help="dev (to choose anything) or test (held out, to report)")] = ...,
+    evaluator: Annotated[str, typer.Option(help="lm_eval (run tasks) or external (files)")] = "lm_eval",
+    scores: ScoresOption = None,
+    columns: ColumnsOption = None,
+    column: ColumnOption = None,
+    model_column: ModelColumnOption = None,
+    all_candidates: Annotated[
+        bool,
+        typer.Option("--all", help="with --evaluator external: every candidate scored in every category"),
+    ] = False,
     out: Annotated[Path, typer.Option(help="folder for the score matrix as JSON and CSV")] = Path("scores"),
     batch_size: Annotated[int | None, typer.Option(help="lm-eval batch size [SOCE_EVAL_BATCH_SIZE]")] = None,
     device: Annotated[str | None, typer.Option(help="torch device, e.g. cuda:0 [default: cuda]")] = None,
@@ -113,36 +129,55 @@ def score(
         logging.getLogger("lm_eval").setLevel(logging.ERROR)
     from tqdm import tqdm
 
-    from evaluators import TaskEvaluator, build_evaluator
+    from evaluators import ExternalScores, TaskEvaluator, build_evaluator
     from soce.schemas.scores import ScoreMatrix
     from soce.score_cache import score_checkpoint
 
-    options: dict[str, Any] = {"scores_file": scores} if evaluator == "external" else {}
+    if evaluator != "external" and (columns or column or model_column or all_candidates):
+        fail("--columns, --column, --model-column and --all are options of --evaluator external")
+    options: dict[str, Any] = {}
+    if evaluator == "external":
+        options = external_options(scores, columns, column, model_column)
     if evaluator == "lm_eval":
         options = {"batch_size": batch_size, "device": device, "show_progress": not quiet and verbose}
     backend = build_evaluator(evaluator, **options)
-    total = len(checkpoints) * len(spec.tasks)
+    candidates: list[str | Path] = list(checkpoints or [])
+    if all_candidates and candidates:
+        fail("give candidates or --all, not both")
+    if all_candidates and isinstance(backend, ExternalScores):
+        candidates, skipped = backend.candidates(spec, split)  # type: ignore[assignment]
+        for name, why in skipped.items():
+            typer.secho(f"skipped {name!r}: {why}", err=True)
+    if not candidates:
+        fail("name the checkpoints to score (with --evaluator external: candidates in the files, or --all)")
+    total = len(candidates) * len(spec.tasks)
     desc = f"scoring {spec.split_name(split)}"
     bar = tqdm(total=total, unit="task", desc=desc, disable=quiet, file=sys.stderr)
     results = []
     try:
-        for ckpt in checkpoints:
-            bar.set_postfix_str(ckpt.name or str(ckpt))
+        for ckpt in candidates:
+            bar.set_postfix_str(Path(ckpt).name or str(ckpt))
             if isinstance(backend, TaskEvaluator):
-                got = score_checkpoint(backend, ckpt, spec, split, progress=bar.update, use_cache=cache)
+                got = score_checkpoint(backend, Path(ckpt), spec, split, progress=bar.update, use_cache=cache)
             else:
                 got = backend.score(ckpt, spec, split, progress=bar.update)
             results.append(got)
     finally:
         bar.close()
     matrix = ScoreMatrix.from_scores(results)
-    names = [Path(c).name or c for c in matrix.candidates]
+    # a folder by its name; a name from a score file (a leaderboard's "Org/Model (FC)") as it is
+    names = [Path(c).name if Path(c).is_dir() else c for c in matrix.candidates]
     labels = names if len(set(names)) == len(names) else matrix.candidates
     width = max(len(s) for s in [*labels, "candidate"])
-    typer.echo(f"{'candidate':{width}s}  " + "  ".join(f"{c:>10s}" for c in [*matrix.categories, "average"]))
+    heads = [*matrix.categories, "average"]
+    cols = [max(10, len(c)) for c in heads]  # BFCL's category names are up to 22 characters
+    typer.echo(
+        f"{'candidate':{width}s}  " + "  ".join(f"{c:>{w}s}" for c, w in zip(heads, cols, strict=True))
+    )
     for label, row, avg, res in zip(labels, matrix.values, matrix.average, results, strict=True):
         hit = f"  ({res.cached_tasks}/{len(res.tasks)} cached)" if res.cached_tasks else ""
-        typer.echo(f"{label:{width}s}  " + "  ".join(f"{v:10.4f}" for v in [*row, avg]) + hit)
+        cells = "  ".join(f"{v:{w}.4f}" for v, w in zip([*row, avg], cols, strict=True))
+        typer.echo(f"{label:{width}s}  {cells}{hit}")
     if isinstance(backend, TaskEvaluator):
         typer.echo(f"{sum(r.cached_tasks for r in results)} of {total} task scores came from the score cache")
     out.mkdir(parents=True, exist_ok=True)
