@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -78,6 +79,29 @@ class CategorySpec(BaseModel):
         return self
 
 
+class SummarySpec(BaseModel):
+    """A named average over some categories, reported beside them (a leaderboard's summary columns,
+    e.g. BFCL's "Non-Live AST" or "Live" accuracy): the plain mean of the category scores, or the mean
+    weighted by each category's item count (`by_items`, as BFCL's live summary is)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=255)
+    categories: list[str] = Field(min_length=1)
+    by_items: bool = Field(False, description="weight each category by its number of scored items")
+
+    def value(self, scores: Mapping[str, float], counts: Mapping[str, int | None]) -> float | None:
+        """The summary of one model's category `scores` (None when a category has no score, or by_items
+        and a count is missing); `counts` are the categories' numbers of scored items."""
+        values = [scores.get(c) for c in self.categories]
+        if any(v is None for v in values):
+            return None
+        weights = [counts.get(c) if self.by_items else 1 for c in self.categories]
+        if any(not w for w in weights):
+            return None
+        return sum(v * w for v, w in zip(values, weights, strict=True)) / sum(weights)  # type: ignore[operator,misc,arg-type]
+
+
 class SuiteSpec(BaseModel):
     """Categories of tasks; `dev_split` is used to choose anything, `test_split` only to report."""
 
@@ -92,7 +116,14 @@ class SuiteSpec(BaseModel):
     limit: int | None = Field(None, gt=0, description="evaluate at most this many examples per task")
     num_fewshot: int = Field(0, ge=0)
     seed: int = 1234
+    apply_chat_template: bool = Field(
+        False,
+        description="render each prompt with the model's own chat template (lm_eval --apply_chat_template)",
+    )
     categories: list[CategorySpec]
+    summaries: list[SummarySpec] = Field(
+        default_factory=list, description="named averages over categories, reported beside them"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> SuiteSpec:
@@ -109,6 +140,13 @@ class SuiteSpec(BaseModel):
                 if t.name in owner:
                     raise ValueError(f"task {t.name!r} appears twice (in {owner[t.name]!r} and {c.name!r})")
                 owner[t.name] = c.name
+        for summary in self.summaries:
+            unknown = [c for c in summary.categories if c not in seen]
+            if unknown:
+                raise ValueError(
+                    f"summary {summary.name!r} names unknown categor{'y' if len(unknown) == 1 else 'ies'} "
+                    f"{', '.join(map(repr, unknown))}"
+                )
         if self.dev_split == self.test_split:
             raise ValueError(
                 f"dev_split and test_split are both {self.dev_split!r}; the test split must be held out"
