@@ -65,10 +65,32 @@ def inspect(
     scan: Annotated[bool, typer.Option(help="also scan every tensor for NaN and Inf")] = False,
     allow_pickle: Annotated[bool, typer.Option(help="allow pytorch_model.bin (weights_only=True)")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
+    similarity: Annotated[
+        bool,
+        typer.Option(
+            "--similarity",
+            help="basin check: weight and task-vector cosines per layer group, and a warning (exit code 1) "
+            "for candidates unlikely to average well",
+        ),
+    ] = False,
+    base: Annotated[
+        Path | None, typer.Option(help="with --similarity: the base model, for task vectors against it")
+    ] = None,
+    groups: Annotated[int, typer.Option(help="with --similarity: depth buckets of the blocks", min=1)] = 4,
+    similarity_json: Annotated[
+        Path | None,
+        typer.Option("--similarity-json", help="with --similarity: write its result as JSON here"),
+    ] = None,
 ) -> None:
-    """Architecture, size, dtype and content hash of each checkpoint, and whether they can be merged."""
-    from soce.checkpoints import CODE_TO_NAME, Checkpoint, check_compatibility, checkpoint_hash, scan_finite
+    """Architecture, size, dtype and content hash of each checkpoint, and whether they can be merged.
 
+    With --similarity, also whether they share a pretrained base (the basin check).
+    """
+    from soce.checkpoints import CODE_TO_NAME, Checkpoint, check_compatibility, checkpoint_hash, scan_finite
+    from soce.errors import RecipeError
+
+    if (base is not None or similarity_json is not None) and not similarity:
+        raise RecipeError("--base and --similarity-json go with --similarity")
     ckpts = [Checkpoint.open(p, allow_pickle=allow_pickle) for p in paths]
     rows = []
     for c in ckpts:
@@ -95,8 +117,18 @@ def inspect(
         "compatible": report.ok,
         "problems": [{"kind": p.kind, "message": p.message} for p in report.problems],
     }
+    result = None
+    if similarity and report.ok:
+        from soce.merging.similarity import checkpoint_similarity
+
+        result = checkpoint_similarity(paths, base=base, groups=groups, allow_pickle=allow_pickle)
+        if similarity_json is not None:
+            similarity_json.write_text(result.model_dump_json(indent=2) + "\n")
     if as_json:
-        typer.echo(json.dumps({"checkpoints": rows, "compatibility": verdict}, indent=2))
+        data: dict[str, Any] = {"checkpoints": rows, "compatibility": verdict}
+        if result is not None:
+            data["similarity"] = result.model_dump(mode="json")
+        typer.echo(json.dumps(data, indent=2))
     else:
         for row in rows:
             typer.secho(row["path"], bold=True)
@@ -116,8 +148,151 @@ def inspect(
                 typer.secho("not compatible:", fg=typer.colors.RED)
                 for p in report.problems:
                     typer.echo(f"  [{p.kind}] {p.message}")
-    if not report.ok or (scan and any(r["non_finite_tensors"] for r in rows)):
+        if result is not None:
+            _print_similarity(result)
+    flagged = result is not None and not result.ok
+    if not report.ok or flagged or (scan and any(r["non_finite_tensors"] for r in rows)):
         raise typer.Exit(1)
+
+
+def _cell(x: float | None, digits: int = 3) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
+
+
+def _pairs(matrix: list[list[float | None]]) -> list[float]:
+    n = len(matrix)
+    return [v for i in range(n) for j in range(i + 1, n) if (v := matrix[i][j]) is not None]
+
+
+def _print_similarity(result: Any) -> None:
+    """The basin check as tables: per layer group, then the overall weight cosines, then the verdict."""
+    n = len(result.candidates)
+    against = f"the base {result.base}" if result.base else "the candidates' mean"
+    typer.secho(f"\nbasin check: {n} checkpoints, task vectors against {against}", bold=True)
+    for i, path in enumerate(result.candidates, start=1):
+        typer.echo(f"  #{i} {path}")
+    head = f"  {'group':12s} {'params':>12s}  {'weight cos min/mean':>20s}  {'task-vector cos min/mean':>25s}"
+    if result.base:
+        head += f"  {'to base min':>11s}  {'distance max':>12s}"
+    typer.echo(head)
+    for g in [*result.groups, result.overall]:
+        w, t = _pairs(g.weights), _pairs(g.task_vectors)
+        line = (
+            f"  {g.group:12s} {g.parameters:>12,d}  "
+            f"{_cell(min(w, default=None)) + ' / ' + _cell(sum(w) / len(w) if w else None):>20s}  "
+            f"{_cell(min(t, default=None)) + ' / ' + _cell(sum(t) / len(t) if t else None):>25s}"
+        )
+        if result.base:
+            to_base = [v for v in g.base_cosine or [] if v is not None]
+            dist = [v for v in g.relative_distance if v is not None]
+            line += f"  {_cell(min(to_base, default=None)):>11s}  {_cell(max(dist, default=None)):>12s}"
+        typer.echo(line)
+    typer.echo("  weight cosine overall (each tensor centred on its mean):")
+    typer.echo("       " + "".join(f"{'#' + str(j):>7s}" for j in range(1, n + 1)))
+    for i, row in enumerate(result.overall.weights, start=1):
+        typer.echo(f"  {'#' + str(i):>5s}" + "".join(f"{_cell(v):>7s}" for v in row))
+    if result.ok:
+        typer.secho(
+            f"basin check passed: the {n} checkpoints look like fine-tunes of one pretrained base",
+            fg=typer.colors.GREEN,
+        )
+    else:
+        typer.secho("basin check warnings:", fg=typer.colors.RED)
+        for w in result.warnings:
+            typer.echo(f"  {w}")
+
+
+@friendly
+def average(
+    checkpoints: Annotated[
+        list[Path],
+        typer.Argument(
+            help="checkpoints of one training run, ordered by trainer_state.json's global_step, else by the "
+            "number in their names (checkpoint-500), else as given",
+            metavar="CKPT",
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="output model folder", metavar="OUT")],
+    last: Annotated[
+        int | None, typer.Option("--last", help="uniform average of the last K checkpoints (SWA-style)")
+    ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option(
+            "--ema", help="EMA with this decay over the checkpoints: ema = decay*ema + (1-decay)*theta_t"
+        ),
+    ] = None,
+    suite: Annotated[
+        Path | None,
+        typer.Option(help="choose among last 1/2/4/all and EMA decays (and --last/--ema) by dev score on it"),
+    ] = None,
+    evaluator: Annotated[
+        str | None, typer.Option(help="with --suite: the evaluator scoring each average (lm_eval)")
+    ] = None,
+    force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    dtype: Annotated[str | None, typer.Option(help="output dtype: float32, bfloat16 or float16")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Average the checkpoints of one run (last K, or an EMA) into a model folder OUT, like `soce merge`.
+
+    With --suite, every setting's average is scored on dev in one resident model and the best is written.
+    """
+    from soce.errors import OutputExistsError, RecipeError
+    from soce.merging.averaging import AveragingSetting, order_by_step, search_settings, write_average
+    from soce.merging.recipes import dtype_name
+
+    given = [AveragingSetting.last(last)] if last is not None else []
+    given += [AveragingSetting.ema(ema)] if ema is not None else []
+    if suite is None and len(given) != 1:
+        raise RecipeError("choose one of --last K or --ema DECAY, or --suite SUITE to choose on dev")
+    if suite is None and evaluator is not None:
+        raise RecipeError("--evaluator goes with --suite")
+    out_dtype = dtype_name(dtype, "--dtype: ") if dtype else None
+    order = order_by_step(checkpoints)
+    n = len(order.checkpoints)
+    for s in given:
+        s.weights(n)  # a bad K or decay fails before anything is read
+    if out.exists() and not force:
+        raise OutputExistsError(f"{out} already exists; choose another folder or pass --force to replace it")
+    typer.echo(f"{n} checkpoints, ordered {order.describe()}")
+    table: list = []
+    if suite is None:
+        chosen = given[0]
+    else:
+        from evaluators import build_evaluator, evaluator_class
+        from soce.merging.averaging import ResidentRun, choose_setting
+        from soce.schemas.suite import SuiteSpec
+
+        spec = SuiteSpec.from_file(suite)
+        name = evaluator or "lm_eval"
+        if not callable(getattr(evaluator_class(name), "evaluate_model", None)):
+            raise RecipeError(
+                f"evaluator {name!r} cannot score an in-memory model; "
+                "choose settings with --evaluator lm_eval"
+            )
+        settings = search_settings(n, given)
+        run = ResidentRun(order, build_evaluator(name), spec)
+        chosen, table = choose_setting(order, settings, run)
+        cats = [c.name for c in spec.categories]
+        typer.echo(f"  {'setting':12s} {'dev average':>11s}" + "".join(f" {c[:12]:>12s}" for c in cats))
+        for s, scores in table:
+            mark = "  <- chosen" if s == chosen else ""
+            typer.echo(
+                f"  {s.label:12s} {scores.average:>11.4f}"
+                + "".join(f" {scores.categories[c].value:>12.4f}" for c in cats)
+                + mark
+            )
+        typer.echo("(dev scores: they chose the setting, so the chosen one's is optimistic)")
+    typer.echo(f"averaging: {chosen.describe(n)}")
+    factory, close = progress_bar("averaging", quiet)
+    try:
+        soup = write_average(order, chosen, out, force=force, dtype=out_dtype, progress=factory, table=table)
+    finally:
+        close()
+    typer.echo(
+        f"wrote {soup.path} ({chosen.label}, {len(soup.ingredients)} checkpoints, "
+        f"{soup.num_tensors} tensors, {soup.nbytes / 1e6:.1f} MB {soup.dtype}, {soup.seconds:.2f}s)"
+    )
 
 
 def methods() -> None:
@@ -129,6 +304,6 @@ def methods() -> None:
 
 
 def register(app: typer.Typer) -> None:
-    """Add merge, inspect and methods to `app`."""
-    for command in (merge, inspect, methods):
+    """Add merge, inspect, average and methods to `app`."""
+    for command in (merge, inspect, average, methods):
         app.command()(command)
