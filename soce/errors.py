@@ -51,6 +51,10 @@ class EvaluationError(SoceError):
     """A task failed to load or run, a metric was not produced, or a model failed to load."""
 
 
+class DecodeError(EvaluationError):
+    """A model's answer holds no function calls in the format the benchmark asks for (BFCL)."""
+
+
 class ScoreFileError(SoceError):
     """An imported score file (CSV or JSON) is malformed; the message names the row and field."""
 
@@ -65,6 +69,10 @@ class SearchError(SoceError):
 
 class RunRecipeError(SoceError):
     """A `soce run` recipe is invalid; the message names the file and the field."""
+
+
+class InterpolationError(SoceError):
+    """An interpolation curve cannot be computed as asked: its points, split, checkpoints or evaluator."""
 
 
 class JobError(SoceError):

@@ -21,11 +21,7 @@ import warnings
 from collections.abc import Callable
 from typing import Any
 
-from soce.errors import EvaluationError
-
-# The error for an answer that is not a list of calls. soce.errors has no class of its own for it yet:
-# until it does, this is EvaluationError under the name callers should catch.
-DecodeError = EvaluationError
+from soce.errors import DecodeError
 
 Call = dict[str, dict[Any, Any]]  # {function name: {parameter: value}}; `**x` gives the parameter None
 
