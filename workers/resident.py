@@ -16,14 +16,15 @@ from typing import Any
 
 from optimizer.records import Scored
 from optimizer.space import SoupWeights
-from soce.checkpoints import Checkpoint, ensure_compatible
+from soce.checkpoints import Checkpoint, checkpoint_hash, ensure_compatible
 from soce.errors import SearchError
 from soce.merging import MergeContext, build_method, count_layers
 from soce.merging.in_memory import load_experts, merge_into
 from soce.merging.layerwise import tensor_group
 from soce.schemas.merge import MergeRecipe
 from soce.schemas.scores import TaskScore, weighted_mean
-from soce.schemas.suite import DevPart, Split, SuiteSpec
+from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec
+from soce.score_cache import score_soup, soup_hash
 
 
 def layer_groups(tensor_names: Sequence[str], num_layers: int, groups: int) -> tuple[str, ...]:
@@ -100,6 +101,50 @@ class ResidentSoup:
                 c.close()
         self._loaded: tuple | None = None
         self._lock = threading.Lock()
+        self._hashes: dict[str, str] | None = None
+
+    def content_hashes(self) -> dict[str, str]:
+        """Each candidate's content hash (label -> hash), read once (scoring remembered the digests)."""
+        if self._hashes is None:
+            hashes = {}
+            for label, path in self.paths.items():
+                with Checkpoint.open(path) as ckpt:
+                    hashes[label] = checkpoint_hash(ckpt)
+            self._hashes = hashes
+        return self._hashes
+
+    def soup_hash(self, weights: SoupWeights) -> str:
+        """The score cache's identity of the soup `weights` as merged here (soce.score_cache.soup_hash)."""
+        hashes = self.content_hashes()
+        return soup_hash(
+            ingredients=[hashes[e] for e in weights.experts],
+            weights=weights.weights,
+            groups=weights.groups,
+            layer_groups=self.groups,
+            dtype=str(next(self.model.parameters()).dtype).removeprefix("torch."),
+            model=hashes[next(iter(self.paths))],
+        )
+
+    def cached_scores(
+        self,
+        weights: SoupWeights,
+        split: Split,
+        *,
+        samples: bool = False,
+        part: DevPart | None = None,
+        engine: Any = None,
+    ) -> dict[str, TaskScore]:
+        """Every task's score of the soup `weights` on `split` (on `part` of dev, if given), from the score
+        cache where stored, else merged and evaluated here and stored (with per-document values when
+        `samples`)."""
+
+        def evaluate(tasks: Sequence[TaskSpec]) -> dict[str, TaskScore]:
+            return self.score_tasks(weights, split, samples=samples, part=part, tasks=tasks)[0]
+
+        soup = self.soup_hash(weights)
+        return score_soup(
+            self.evaluator, soup, self.suite, split, evaluate, engine=engine, samples=samples, part=part
+        )
 
     def layer_groups(self) -> tuple[str, ...]:
         return layer_groups(self.tensor_names, self.num_layers, self.groups)
@@ -137,21 +182,42 @@ class ResidentSoup:
         *,
         samples: bool = False,
         part: DevPart | None = None,
+        tasks: Sequence[TaskSpec] | None = None,
     ) -> tuple[dict[str, TaskScore], dict[str, float]]:
-        """Task scores of the soup on `split` (only the tasks of `categories`; only the examples of
-        `part` of dev, if given), and the seconds by part."""
+        """Task scores of the soup on `split` (only the tasks of `categories`, or only `tasks`; only the
+        examples of `part` of dev, if given), and the seconds by part."""
         with self._lock:
             merge_s = self.load(weights)
             wanted = set(categories) if categories is not None else None
             specs = [t for c in self.suite.categories if wanted is None or c.name in wanted for t in c.tasks]
+            if tasks is not None:
+                specs = list(tasks)
             started = time.perf_counter()
             kwargs: dict[str, Any] = {"samples": True} if samples else {}
             if part is not None:
                 kwargs["part"] = part
-            tasks = self.evaluator.evaluate_model(
+            scores = self.evaluator.evaluate_model(
                 self.model, self.tokenizer, self.suite, split, tasks=specs, **kwargs
             )
-            return tasks, {"merge": merge_s, "evaluate": time.perf_counter() - started}
+            return scores, {"merge": merge_s, "evaluate": time.perf_counter() - started}
+
+    def score_ensemble(
+        self, labels: Sequence[str], split: Split, *, samples: bool = False
+    ) -> tuple[dict[str, TaskScore], float]:
+        """Task scores of the output ensemble of the candidates `labels` on `split` (every task), and the
+        seconds it took: the resident model runs with each one's resident tensors in turn (no copies;
+        its own weights are back afterwards, so the soup loaded stays loaded)."""
+        from evaluators.ensemble import EnsembleLM
+
+        missing = [label for label in labels if label not in self.tensors]
+        if missing:
+            raise SearchError(f"no resident candidate {', '.join(missing)}")
+        with self._lock:
+            ensemble = EnsembleLM.sharing(self.model, [self.tensors[label] for label in labels])
+            started = time.perf_counter()
+            kwargs: dict[str, Any] = {"samples": True} if samples else {}
+            tasks = self.evaluator.evaluate_model(ensemble, self.tokenizer, self.suite, split, **kwargs)
+            return tasks, time.perf_counter() - started
 
     def category_scores(self, tasks: Mapping[str, TaskScore], categories: Sequence[str]) -> dict[str, float]:
         out = {}
@@ -167,6 +233,14 @@ class ResidentSoup:
         """The optimizer's evaluation callable: dev category scores of a soup (on `part` of dev)."""
         tasks, timings = self.score_tasks(weights, "dev", categories, part=part)
         return Scored(self.category_scores(tasks, categories), timings)
+
+    def learned_path(self, space: Any, settings: Any, *, part: DevPart | None = None) -> Any:
+        """The learned soup's gradient path over `space` on dev (on `part` of it), a LearnedPath
+        (workers.learned); the resident model is held meanwhile, its own parameters untouched."""
+        from workers.learned import learn_weights
+
+        with self._lock:
+            return learn_weights(self, space, settings, part=part)
 
     def single(self, label: str) -> SoupWeights:
         return SoupWeights((label,), (1.0,))
