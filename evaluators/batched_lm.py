@@ -95,6 +95,7 @@ class BatchedLM(LM):
         )
         self.request_seconds = 0.0
         self._keeps_logits = "logits_to_keep" in inspect.signature(model.forward).parameters
+        self._cache_argument = cache_argument(model)
         self.plan_settings = PlanSettings(
             batch_size=self.batch_size,
             max_length=self.max_length,
@@ -302,7 +303,7 @@ class BatchedLM(LM):
                 attention_mask=batch.mask[:, : at + 1],
                 position_ids=batch.positions[:, at : at + 1],
                 use_cache=True,
-                **_cache_of(out),
+                **_cache_of(out, self._cache_argument),
             )
         rest = [r for r in range(B) if texts[r] is None]
         for r, text in zip(rest, self.encoder.decode_many([tokens[r] for r in rest]), strict=True):
@@ -327,10 +328,27 @@ class BatchedLM(LM):
         return self.encoder.decode_many(out[:, T:].tolist())
 
 
-def _cache_of(out: Any) -> dict[str, Any]:
-    """The key-value cache of a forward pass, as the next call takes it: `cache` (transformers 5.25 on)
-    or `past_key_values` (earlier releases, and later ones with a deprecation warning)."""
+def cache_argument(model: Any) -> str:
+    """The name `model.forward` takes its key-value cache by: `cache` (transformers 5.25 on) or
+    `past_key_values` (earlier releases and code written for them).
+
+    transformers 5.25 renames `past_key_values` to `cache` behind a FutureWarning where a model declares
+    `cache`; a forward that declares only `past_key_values` (remote code) must get that name, which
+    a 5.25 output no longer carries.
+    """
+    parameters = inspect.signature(model.forward).parameters
+    return "past_key_values" if "past_key_values" in parameters and "cache" not in parameters else "cache"
+
+
+def _cache_of(out: Any, argument: str | None = None) -> dict[str, Any]:
+    """The key-value cache of a forward pass as keyword arguments of the next call: under `argument`
+    (see cache_argument), else under the name the output gives it.
+
+    Read as `out.cache` where the output has one: `out.past_key_values` on a 5.25 output is a deprecated
+    alias that warns.
+    """
     cache = getattr(out, "cache", None)
-    if cache is not None:
-        return {"cache": cache}
-    return {"past_key_values": out.past_key_values}
+    name = "cache"
+    if cache is None:
+        cache, name = out.past_key_values, "past_key_values"
+    return {argument or name: cache}

@@ -10,10 +10,14 @@ import json
 import logging
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine
 
 from optimizer.bootstrap import Interval, paired_bootstrap
 from optimizer.records import SearchResult
@@ -23,6 +27,8 @@ from soce.errors import EvaluationError, SearchError, SoceError
 from soce.schemas import report as rs
 from soce.schemas.scores import ScoreMatrix, SuiteScores, TaskScore
 from soce.schemas.suite import SuiteSpec
+from soce.score_cache import score_checkpoint
+from workers.interpolate import report_curve
 from workers.pipeline import Analysis, Baseline, Matrices, RunInputs
 from workers.progress import Stages
 from workers.resident import ResidentSoup, merge_recipe
@@ -41,8 +47,16 @@ class Evaluated:
         return {c: s.value for c, s in self.scores.categories.items()}
 
 
-def test_scores(resident: ResidentSoup, weights: SoupWeights, suite: SuiteSpec, label: str) -> Evaluated:
-    tasks, _ = resident.score_tasks(weights, "test", samples=True)
+def test_scores(
+    resident: ResidentSoup,
+    weights: SoupWeights,
+    suite: SuiteSpec,
+    label: str,
+    *,
+    engine: Engine | None = None,
+) -> Evaluated:
+    """A soup's test scores with per-example values (for the intervals), from the score cache if stored."""
+    tasks = resident.cached_scores(weights, "test", samples=True, engine=engine)
     return Evaluated(
         tasks, SuiteScores.aggregate(suite, "test", candidate=label, evaluator="soup", tasks=tasks)
     )
@@ -135,6 +149,62 @@ def _release_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
+ENSEMBLE_LABEL = "output ensemble of the soup's ingredients"
+
+
+@dataclass
+class EnsembleBaseline:
+    """The output ensemble of the soup's ingredients on test: its scores, or why there are none."""
+
+    members: list[str]
+    scored: Evaluated | None = None
+    note: str | None = None
+    seconds: float = 0.0
+
+
+def soup_ingredients(weights: SoupWeights) -> list[str]:
+    """The experts a soup mixes: those with a nonzero weight (in any layer group, for a layer-wise soup)."""
+    vectors = [weights.weights, *(weights.groups or {}).values()]
+    return [e for i, e in enumerate(weights.experts) if any(v[i] > 0 for v in vectors)]
+
+
+def ensemble_test_scores(
+    resident: ResidentSoup, members: list[str], suite: SuiteSpec, *, enabled: bool
+) -> EnsembleBaseline:
+    """The output ensemble of `members` on test with per-example scores (evaluators.ensemble), or a note
+    why not: the recipe turns it off, one ingredient (the ensemble is that model), or it failed (a
+    problem is returned, never raised: the run reports on the soup either way)."""
+    if not enabled:
+        return EnsembleBaseline(members, note="the recipe turns the output ensemble off (ensemble: false)")
+    if len(members) < 2:
+        return EnsembleBaseline(
+            members,
+            note=f"the soup has one ingredient ({', '.join(members)}): its output ensemble is that model, "
+            "so it is not scored",
+        )
+    try:
+        tasks, seconds = resident.score_ensemble(members, "test", samples=True)
+    except Exception as e:  # e.g. generation settings only model.generate does, or memory for k caches
+        log.warning("the output ensemble of %s was not scored: %s", ", ".join(members), e)
+        return EnsembleBaseline(members, note=f"the output ensemble was not scored: {e}")
+    log.info("output ensemble of %d scored on test in %.2f s", len(members), seconds)
+    scores = SuiteScores.aggregate(suite, "test", candidate="ensemble", evaluator="ensemble", tasks=tasks)
+    return EnsembleBaseline(members, Evaluated(tasks, scores), seconds=seconds)
+
+
+def ensemble_gain_kept(soup: float, best_single: float, ensemble: float) -> tuple[float | None, str | None]:
+    """(soup - best single) / (ensemble - best single) on test averages, or None and why: the share of
+    the ensemble's gain over the best single that the soup keeps (below 0: the soup is worse than the
+    best single; above 1: it beats the ensemble)."""
+    gain = ensemble - best_single
+    if gain <= 0:
+        return None, (
+            f"the output ensemble ({ensemble:.4f}) does not beat the best single candidate "
+            f"({best_single:.4f}) on the test average: it has no gain for the soup to keep"
+        )
+    return (soup - best_single) / gain, None
+
+
 @dataclass
 class RunResult:
     output: Path
@@ -146,16 +216,39 @@ class RunResult:
 
 
 def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename: readers see the old or the new."""
+    """Write `text` to `path` through a temporary file and a rename: readers see the old or the new.
+
+    The file gets the mode any new file gets here (0666 less the umask, as the soup's files), not
+    mkstemp's private 0600.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "w") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def elapsed(
+    seconds: Mapping[str, float] | None, finalize_started: float | None, job_started: datetime | None
+) -> dict[str, float]:
+    """The report's seconds: the steps' so far, the finalize step's and the whole job's until now."""
+    out = dict(seconds or {})
+    if finalize_started is not None:
+        out["finalize"] = time.perf_counter() - finalize_started
+    if job_started is not None:
+        out["total"] = (datetime.now(UTC) - job_started).total_seconds()
+    return out
+
+
+def _umask() -> int:
+    umask = os.umask(0)  # reading it means setting it: put it back at once (as soce.merging does)
+    os.umask(umask)
+    return umask
 
 
 def _matrix(m: ScoreMatrix) -> tuple[rs.Scores, rs.Averages]:
@@ -206,6 +299,10 @@ def finalize_step(
     stages: Stages | None = None,
     seconds: Mapping[str, float] | None = None,
     extra_baselines: Mapping[str, Path] | None = None,
+    similarity: Mapping[str, Any] | None = None,
+    engine: Engine | None = None,
+    finalize_started: float | None = None,
+    job_started: datetime | None = None,
 ) -> RunResult:
     """Write the soup, score the contenders and baselines on test, intervals, and the report.
 
@@ -213,6 +310,9 @@ def finalize_step(
     the selection part, for inspection: its model card says it is not recommended.
     extra_baselines: name -> model folder (a schedule's champion soup) scored on test beside the soup,
     with a paired interval; one that is missing or cannot be scored is reported, never fatal.
+    engine: the app database, whose score cache keeps soups' test scores (soce.score_cache.score_soup).
+    The report's seconds add `finalize` (since `finalize_started`, a perf_counter reading) and `total`
+    (since `job_started`) to `seconds`.
     """
     from soce.merging import write_soup
     from soce.report import render_report_html
@@ -227,18 +327,23 @@ def finalize_step(
     weights = selected.weights[soup_name]
     extra_baselines = dict(extra_baselines or {})
     names = list(dict.fromkeys([*baselines, *selected.weights]))
-    total = len(names) + len(extra_baselines) + 1
+    ingredients = soup_ingredients(weights)
+    runs_ensemble = r.ensemble and len(ingredients) > 1
+    total = len(names) + len(extra_baselines) + 1 + int(runs_ensemble)
     with stages.stage("test", total=total, unit="model") as advance:
         scored: dict[str, Evaluated] = {}
         for name in names:
             w = baselines[name].weights if name in baselines else selected.weights[name]
-            scored[name] = test_scores(resident, w, suite, name)
+            scored[name] = test_scores(resident, w, suite, name, engine=engine)
             advance(1)
         soup_test = scored[soup_name]
         base_test = {name: scored[name] for name in baselines}
         extras = []
         for name, folder in extra_baselines.items():
             extras.append(extra_test_scores(inputs, name, Path(folder)))
+            advance(1)
+        ensemble = ensemble_test_scores(resident, ingredients, suite, enabled=r.ensemble)
+        if runs_ensemble:
             advance(1)
         level, its = r.confidence, r.bootstrap_iterations
         ci = {
@@ -247,6 +352,17 @@ def finalize_step(
             )
             for name in baselines
         }
+        gain_kept, gain_note = None, ensemble.note
+        if ensemble.scored is not None:
+            ci["vs_ensemble"] = intervals(
+                soup_test, ensemble.scored, suite, iterations=its, level=level, seed=r.seed
+            )
+            gain_kept, gain_note = ensemble_gain_kept(
+                soup_test.scores.average,
+                base_test["best_single"].scores.average,
+                ensemble.scored.scores.average,
+            )
+            base_test["ensemble"] = ensemble.scored
         for extra in extras:
             if extra.scored is not None:
                 ci[f"vs_{extra.name}"] = intervals(
@@ -283,19 +399,24 @@ def finalize_step(
         soup = write_soup(
             recipe, soup_dir, force=True, scores=card_scores, verdict=(recommended, card_verdict)
         )
-        # the written folder, loaded from disk, must score what the resident soup scored
-        from_disk = inputs.evaluator.score_tasks(soup_dir, suite, "test", suite.tasks)
-        disk_avg = SuiteScores.aggregate(
-            suite, "test", candidate="soup", evaluator="x", tasks=from_disk
-        ).average
+        # the written folder, loaded from disk, must score what the resident soup scored (cached by
+        # the folder's content, as a candidate's scores are: the same bytes scored the same)
+        disk_avg = score_checkpoint(inputs.evaluator, soup_dir, suite, "test", engine=engine).average
         advance(1)
+    # the dev curve between the two largest ingredients: points x one dev evaluation, merged in place
+    curve, curve_warnings = report_curve(resident, weights, points=r.interpolation_points, stages=stages)
     warnings = [*analysis.correlation.warnings, *analysis.experts.warnings]
+    basins = rs.SimilarityResult.model_validate(similarity) if similarity else None  # the analyse step's
+    warnings += basins.warnings if basins else []
+    warnings += curve_warnings
     if not selected.fraction:
         warnings.append(
             "selection_fraction is 0: the final model was chosen on the examples the search maximised, "
             "which favours the soup (the winner's curse); keep a selection part to choose fairly"
         )
     warnings += [f"extra baseline {e.name} ({e.path}) was not scored: {e.error}" for e in extras if e.error]
+    if runs_ensemble and ensemble.scored is None:
+        warnings.append(str(ensemble.note))
     if abs(disk_avg - soup_test.scores.average) > 1e-6:
         warnings.append(
             f"the written soup scores {disk_avg:.4f} on test from disk, the resident one "
@@ -324,10 +445,21 @@ def finalize_step(
         )
         for name, b in baselines.items()
     }
+    if ensemble.scored is not None:
+        baseline_results["ensemble"] = rs.BaselineResult(
+            label=ENSEMBLE_LABEL,
+            kind="ensemble",
+            members=ensemble.members,
+            weights={m: 1 / len(ensemble.members) for m in ensemble.members},
+            dev_average=None,
+            test=ensemble.scored.categories,
+            test_average=ensemble.scored.scores.average,
+        )
     for e in extras:
         if e.scored is not None:
             baseline_results[e.name] = rs.BaselineResult(
                 label=e.name,
+                kind="extra",
                 path=str(e.path),
                 members=[],
                 weights={},
@@ -336,6 +468,8 @@ def finalize_step(
                 test_average=e.scored.scores.average,
             )
     report = rs.Report(
+        similarity=basins,
+        summaries=suite_summaries(suite, matrices.test, {"soup": soup_test, **base_test}),
         verdict=verdict,
         decision=decision,
         name=r.name,
@@ -390,9 +524,12 @@ def finalize_step(
             test_average_interval=(own.low, own.high),
             test_average_from_disk=disk_avg,
             intervals={k: _interval(v) for k, v in ci.items()},
+            ensemble_gain_kept=gain_kept,
+            ensemble_note=gain_note,
         ),
-        seconds=dict(seconds or {}),
+        seconds=elapsed(seconds, finalize_started, job_started),
         warnings=warnings,
+        interpolation=curve,
     )
     report_json, report_html = out / "report.json", out / "report.html"
     write_atomic(report_json, json.dumps(report.as_json(), indent=2) + "\n")
@@ -402,7 +539,24 @@ def finalize_step(
     if matrices.select is not None:
         write_atomic(out / "scores-dev-search.csv", matrices.search.to_csv())
         write_atomic(out / "scores-dev-select.csv", matrices.select.to_csv())
-    return RunResult(out, soup_dir, report_json, report_html, report, dict(seconds or {}))
+    return RunResult(out, soup_dir, report_json, report_html, report, dict(report.seconds))
+
+
+def suite_summaries(
+    suite: SuiteSpec, candidates: ScoreMatrix, scored: Mapping[str, Evaluated]
+) -> dict[str, dict[str, float | None]]:
+    """The suite's summary columns on test: summary -> model -> value, for every candidate and every
+    scored baseline and soup (each category's item count from the soup's test scores)."""
+    if not suite.summaries:
+        return {}
+    first = next(iter(scored.values()), None)
+    counts = {c: s.n for c, s in first.scores.categories.items()} if first else {}
+    models = {
+        name: dict(zip(candidates.categories, row, strict=True))
+        for name, row in zip(candidates.candidates, candidates.values, strict=True)
+    }
+    models |= {name: ev.categories for name, ev in scored.items()}
+    return {s.name: {m: s.value(v, counts) for m, v in models.items()} for s in suite.summaries}
 
 
 def _version() -> str:

@@ -20,6 +20,7 @@ from typing import Any
 from optimizer.correlation import Correlation, analyse_correlation
 from optimizer.experts import Experts, best_single, choose_experts, ingredient_pool
 from optimizer.greedy import GreedySoup, greedy_soup
+from optimizer.learned import LEARNED_OBJECTIVE, LearnedPath, LearnedSettings
 from optimizer.samplers import SearchConfig
 from optimizer.search import WeightSearch
 from optimizer.space import SearchSpace, SoupWeights
@@ -228,6 +229,8 @@ def study_name(inputs: RunInputs, experts: Sequence[str], space: SearchSpace) ->
         "pruning": r.pruning,
         "seed": r.seed,
     }
+    if r.sampler == "learned":  # its settings choose its points (other samplers' names stay as they were)
+        key["learned"] = [r.learned_steps, r.learned_lr, LEARNED_OBJECTIVE]
     return f"soce-{r.sampler}-{canonical_hash(key)[:16]}"
 
 
@@ -257,7 +260,11 @@ def weight_search(
         parallel=r.parallel_trials,
         pruning=r.pruning,
         category_weights={c.name: c.weight for c in inputs.suite.categories},
+        learned=LearnedSettings(steps=r.learned_steps, lr=r.learned_lr),
     )
+    learn = None
+    if r.sampler == "learned":  # run where the search begins, once per study (see WeightSearch.learned_path)
+        learn = partial(_learned_path, resident, config.learned, search_part)
     return WeightSearch(
         space,
         inputs.suite.category_names,
@@ -266,7 +273,15 @@ def weight_search(
         storage=storage or optuna_storage(),
         study_name=study_name(inputs, experts, space),
         buffered=buffered,
+        learn=learn,
     )
+
+
+def _learned_path(
+    resident: ResidentSoup, settings: LearnedSettings, part: DevPart | None, space: SearchSpace
+) -> LearnedPath:
+    """The learned soup's gradient path on the search part of dev (the part the trials maximise)."""
+    return resident.learned_path(space, settings, part=part)
 
 
 # --- baselines -----------------------------------------------------------------------------------
@@ -284,10 +299,15 @@ class Baseline:
 
 
 def dev_average(
-    resident: ResidentSoup, weights: SoupWeights, suite: SuiteSpec, part: DevPart | None = None
+    resident: ResidentSoup,
+    weights: SoupWeights,
+    suite: SuiteSpec,
+    part: DevPart | None = None,
+    *,
+    engine: Any = None,
 ) -> float:
-    """The soup's dev average (on `part` of dev, if given)."""
-    tasks, _ = resident.score_tasks(weights, "dev", part=part)
+    """The soup's dev average (on `part` of dev, if given), through the score cache."""
+    tasks = resident.cached_scores(weights, "dev", part=part, engine=engine)
     return SuiteScores.aggregate(suite, "dev", candidate="soup", evaluator="soup", tasks=tasks).average
 
 
@@ -298,9 +318,11 @@ def baselines_step(
     resident: ResidentSoup,
     *,
     stages: Stages | None = None,
+    engine: Any = None,
 ) -> dict[str, Baseline]:
     """Best single, uniform soups of all candidates and of the ingredients, greedy soup: built and
-    scored on `dev`, the search part of dev (`dev_average` of each baseline is on that part)."""
+    scored on `dev`, the search part of dev (`dev_average` of each baseline is on that part; soups'
+    scores through the score cache of `engine`, the app database)."""
     stages = stages or Stages(quiet=True)
     suite = inputs.suite
     search_part, _ = dev_parts(inputs.recipe)
@@ -311,7 +333,10 @@ def baselines_step(
     with stages.stage("baselines", total=len(dev.candidates) + 1, unit="soup") as advance:
         all_w = resident.uniform(dev.candidates)
         out["uniform"] = Baseline(
-            "uniform", "uniform soup (all)", all_w, dev_average(resident, all_w, suite, search_part)
+            "uniform",
+            "uniform soup (all)",
+            all_w,
+            dev_average(resident, all_w, suite, search_part, engine=engine),
         )
         advance(1)
         exp_w = resident.uniform(experts)
@@ -319,12 +344,12 @@ def baselines_step(
             "uniform_experts",
             "uniform soup (ingredients)",
             exp_w,
-            dev_average(resident, exp_w, suite, search_part),
+            dev_average(resident, exp_w, suite, search_part, engine=engine),
         )
         advance(1)
 
         def soup_of(members: Sequence[str]) -> float:
-            value = dev_average(resident, resident.uniform(members), suite, search_part)
+            value = dev_average(resident, resident.uniform(members), suite, search_part, engine=engine)
             advance(1)
             return value
 

@@ -22,8 +22,16 @@ class Stages:
             return
         from tqdm import tqdm
 
+        # disable=False, given: the CLI sets TQDM_DISABLE to quiet lm-eval's own bars (its request
+        # building has no switch of its own), and tqdm applies that variable only to bars that do not say
         bar = tqdm(
-            total=total, desc=f"{desc:<10s}", unit=unit, file=sys.stderr, dynamic_ncols=True, leave=True
+            total=total,
+            desc=f"{desc:<10s}",
+            unit=unit,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+            disable=False,
         )
         try:
             yield bar.update

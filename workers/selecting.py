@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from optimizer.records import SearchResult, TrialRecord
 from optimizer.selection import Contender, Selection, select_final
@@ -73,8 +74,10 @@ def select_step(
     resident: ResidentSoup,
     *,
     stages: Stages | None = None,
+    engine: Any = None,
 ) -> Selected:
-    """Score the contenders on the selection part of dev and choose the final model there.
+    """Score the contenders on the selection part of dev and choose the final model there (their
+    scores through the score cache of `engine`, the app database).
 
     Contenders: the best single candidate, the best `selection_trials` trials, the greedy soup and
     the uniform soups (a contender whose weights another simpler one already has is dropped).
@@ -110,7 +113,7 @@ def select_step(
     contenders = []
     with stages.stage("select", total=len(weights), unit="model") as advance:
         for name, w in weights.items():
-            tasks, _ = resident.score_tasks(w, "dev", samples=True, part=select_part)
+            tasks = resident.cached_scores(w, "dev", samples=True, part=select_part, engine=engine)
             samples = {}
             for task in inputs.suite.tasks:
                 values = tasks[task.name].samples

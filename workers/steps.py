@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,9 +97,46 @@ def analyse(ctx: Context) -> dict[str, Any]:
         f"ingredients: {', '.join(result.expert_candidates)}"
         + (f" (weakly correlated: {', '.join(weak)})" if weak else "")
     )
+    similarity, notes = basin_check(ctx.spec.paths)
+    result = result.model_copy(update={"similarity": similarity, "warnings": [*result.warnings, *notes]})
+    for warning in notes:
+        ctx.progress.note(f"warning: {warning}")
     analysis, timings = ctx.stored()
     analysis.update(result.model_dump(mode="json"))
     return {"analysis": analysis, "timings": {**timings, "analyse": time.perf_counter() - started}}
+
+
+def basin_check(paths: dict[str, Path]) -> tuple[Any, list[str]]:
+    """The candidates' basin check (soce.merging.similarity), named by their labels, and its warnings;
+    (None, []) for a single candidate. A check that cannot read a checkpoint is a warning, not a failed
+    job: the merge reads the same files and says what is wrong with them."""
+    from soce.merging.similarity import checkpoint_similarity
+
+    if len(paths) < 2:
+        return None, []
+    labels = {Path(p).resolve(): label for label, p in paths.items()}
+    try:
+        result = checkpoint_similarity(list(paths.values()))
+    except SoceError as e:
+        log.warning("basin check failed: %s", e)
+        return None, [f"the basin check could not run: {e}"]
+
+    def name(path: str) -> str:
+        return labels.get(Path(path).resolve(), path)
+
+    warnings = []
+    for warning in result.warnings:
+        for path in result.candidates:
+            warning = warning.replace(path, name(path))
+        warnings.append(warning)
+    return result.model_copy(
+        update={
+            "candidates": [name(c) for c in result.candidates],
+            "basins": [[name(c) for c in b] for b in result.basins],
+            "flagged": [name(c) for c in result.flagged],
+            "warnings": warnings,
+        }
+    ), warnings
 
 
 def finalize(ctx: Context) -> dict[str, Any]:
@@ -117,8 +155,12 @@ def finalize(ctx: Context) -> dict[str, Any]:
     analysis, search = open_search(ctx, inputs, resident)
     result = search.result()  # every trial has finished: the job left `searching` only then
     t = time.perf_counter()
-    baselines = baselines_step(inputs, matrices.search, analysis, resident, stages=ctx.progress)
-    selected = select_step(inputs, analysis, result, baselines, resident, stages=ctx.progress)
+    baselines = baselines_step(
+        inputs, matrices.search, analysis, resident, stages=ctx.progress, engine=ctx.engine
+    )
+    selected = select_step(
+        inputs, analysis, result, baselines, resident, stages=ctx.progress, engine=ctx.engine
+    )
     stored, timings = ctx.stored()
     timings["select"] = time.perf_counter() - t
     run = finalize_step(
@@ -132,12 +174,24 @@ def finalize(ctx: Context) -> dict[str, Any]:
         stages=ctx.progress,
         seconds=timings,
         extra_baselines=ctx.spec.extra_baselines,
+        similarity=stored.get("similarity"),
+        engine=ctx.engine,
+        finalize_started=started,
+        job_started=job_started(ctx.engine, ctx.job_id),
     )
     store_soup(ctx, run.report, run.soup_path, study=result.study_name, trial=selected.trials)
     stored["files"] = {"json": str(run.report_json), "html": str(run.report_html)}
     stored["report"] = run.report.as_json()
     timings = {**timings, "finalize": time.perf_counter() - started}
     return {"analysis": stored, "timings": timings, "finished_at": now()}
+
+
+def job_started(engine: Engine, job_id: int) -> datetime | None:
+    """When the job's start step ran (else when it was queued): where the report's total time begins,
+    whichever workers ran its tasks."""
+    with session_scope(engine) as session:
+        row = session.execute(select(Job.started_at, Job.created_at).where(Job.id == job_id)).first()
+    return None if row is None else (row.started_at or row.created_at)
 
 
 def store_soup(ctx: Context, report: Report, soup_path: Path, *, study: str, trial: dict[str, int]) -> None:

@@ -3,6 +3,7 @@
 from soce.checkpoints._checkpoint import TOKENIZER_FILES, Checkpoint
 from soce.checkpoints._compat import (
     ARCHITECTURE_FIELDS,
+    COMPUTATION_FIELDS,
     CompatibilityReport,
     Problem,
     architecture_summary,
@@ -18,6 +19,7 @@ from soce.checkpoints._safetensors import SafetensorsFile, TensorInfo, save_file
 __all__ = [
     "ARCHITECTURE_FIELDS",
     "CODE_TO_NAME",
+    "COMPUTATION_FIELDS",
     "FLOAT_CODES",
     "TOKENIZER_FILES",
     "Checkpoint",

@@ -1,4 +1,5 @@
-"""Can these candidates be averaged? Names, shapes, dtypes, architecture and tokenizer."""
+"""Can these candidates be averaged? Names, shapes, dtypes, architecture, computation settings and
+tokenizer."""
 
 from __future__ import annotations
 
@@ -25,12 +26,51 @@ ARCHITECTURE_FIELDS = (
     "num_key_value_heads",
     "tie_word_embeddings",
 )
+# config.json fields that change what the same tensors compute, without changing any tensor's shape. The
+# soup takes the first candidate's config.json, so a candidate that differs in one was fine-tuned (and
+# scored) as another function of its weights: refused. max_position_embeddings is among them: it sets
+# lm-eval's truncation and feeds rope scaling, so the soup would be scored unlike its ingredients.
+# Not compared: bookkeeping (_name_or_path, transformers_version, dtype), token ids (the tokenizer check
+# covers them), use_cache, dropout (off at evaluation) and pretraining_tp (the same sums, sliced).
+# Rope settings are compared as one normalised set of parameters ("rope <name>", see _rope_facts).
+COMPUTATION_FIELDS = (
+    "head_dim",
+    "hidden_act",
+    "hidden_activation",
+    "activation_function",
+    "rms_norm_eps",
+    "layer_norm_eps",
+    "layer_norm_epsilon",
+    "norm_eps",
+    "norm_epsilon",
+    "attention_bias",
+    "mlp_bias",
+    "max_position_embeddings",
+    "sliding_window",
+    "use_sliding_window",
+    "max_window_layers",
+    "layer_types",
+    "attn_logit_softcapping",
+    "final_logit_softcapping",
+    "query_pre_attn_scalar",
+    "logit_scale",
+    "logits_scaling",
+    "embedding_multiplier",
+    "residual_multiplier",
+    "attention_multiplier",
+    "scale_embedding",
+    "use_qk_norm",
+    "qk_layernorm",
+    "num_experts_per_tok",
+    "norm_topk_prob",
+)
+_SAME_ACTIVATION = {"swish": "silu"}  # names transformers maps to one function
 _SHOW = 5  # names listed in a message before "and N more"
 
 
 @dataclass(frozen=True)
 class Problem:
-    kind: str  # names | shape | dtype | architecture | tokenizer
+    kind: str  # names | shape | dtype | architecture | config | tokenizer
     message: str
 
 
@@ -99,6 +139,8 @@ def check_compatibility(candidates: Sequence[Checkpoint], *, same_dtype: bool = 
         if ref.config is not None and other.config is not None:
             for key in ARCHITECTURE_FIELDS:
                 a, b = ref.config.get(key), other.config.get(key)
+                if key == "architectures" and isinstance(a, list) and isinstance(b, list):
+                    a, b = sorted(map(str, a)), sorted(map(str, b))  # one model, listed in any order
                 if a != b:
                     report.problems.append(
                         Problem(
@@ -106,6 +148,14 @@ def check_compatibility(candidates: Sequence[Checkpoint], *, same_dtype: bool = 
                             f"config.json field {key!r} is {b!r} in {other.path} but {a!r} in {ref.path}",
                         )
                     )
+            for key, a, b in computation_differences(ref.config, other.config):
+                report.problems.append(
+                    Problem(
+                        "config",
+                        f"config.json {key} is {b!r} in {other.path} but {a!r} in {ref.path}: the same "
+                        "weights compute different outputs under each, so they cannot share one soup",
+                    )
+                )
         elif (ref.config is None) != (other.config is None):
             has, lacks = (ref, other) if other.config is None else (other, ref)
             report.problems.append(
@@ -121,6 +171,62 @@ def check_compatibility(candidates: Sequence[Checkpoint], *, same_dtype: bool = 
                 )
             )
     return report
+
+
+def computation_differences(ref: dict[str, Any], other: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(what, value in `ref`, value in `other`) for each COMPUTATION_FIELDS field and rope parameter the
+    two configs set differently.
+
+    A field only one config states is not compared: its default depends on the model class, which
+    only transformers knows (and model_type must agree anyway).
+    """
+    out: list[tuple[str, Any, Any]] = []
+    windowless = ref.get("use_sliding_window") is False and other.get("use_sliding_window") is False
+    for key in COMPUTATION_FIELDS:
+        if key not in ref or key not in other:
+            continue
+        if windowless and key in ("sliding_window", "max_window_layers"):
+            continue  # unused while sliding-window attention is off (Qwen2 keeps a size there)
+        a, b = ref[key], other[key]
+        if isinstance(a, str) and isinstance(b, str):
+            a, b = _SAME_ACTIVATION.get(a, a), _SAME_ACTIVATION.get(b, b)
+        if a != b:
+            out.append((f"field {key!r}", ref[key], other[key]))
+    rope_a, rope_b = _rope_facts(ref), _rope_facts(other)
+    for name in sorted(set(rope_a) & set(rope_b)):
+        if rope_a[name] != rope_b[name]:
+            out.append((f"rope parameter {name!r}", rope_a[name], rope_b[name]))
+    return out
+
+
+def _rope_facts(config: dict[str, Any]) -> dict[str, Any]:
+    """The rope parameters a config states, one flat dict whichever way it writes them: transformers 5's
+    `rope_parameters` (per layer type, for some models), or transformers 4's `rope_theta`,
+    `rope_scaling` (its `type` is `rope_type`) and `partial_rotary_factor`.
+
+    Stating `rope_parameters` or `rope_scaling` (even null) states the rope type ("default": unscaled).
+    """
+    given = [config[k] for k in ("rope_scaling", "rope_parameters") if k in config]
+    merged: dict[str, Any] = {}
+    for value in given:
+        if isinstance(value, dict):
+            merged.update(value)
+    top = {k: config[k] for k in ("rope_theta", "partial_rotary_factor") if config.get(k) is not None}
+    if merged and all(isinstance(v, dict) for v in merged.values()):  # {"full_attention": {...}, ...}
+        return {
+            f"{layer}.{k}": v
+            for layer, params in merged.items()
+            for k, v in _rope_params(params, top, typed=True).items()
+        }
+    return _rope_params(merged, top, typed=bool(given))
+
+
+def _rope_params(params: dict[str, Any], top: dict[str, Any], *, typed: bool) -> dict[str, Any]:
+    out = {**top, **{k: v for k, v in params.items() if k != "type"}}
+    kind = params.get("rope_type") or params.get("type")
+    if kind is not None or typed:
+        out["rope_type"] = kind or "default"
+    return out
 
 
 def ensure_compatible(candidates: Sequence[Checkpoint], *, same_dtype: bool = True) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -150,6 +151,8 @@ def score(
             typer.secho(f"skipped {name!r}: {why}", err=True)
     if not candidates:
         fail("name the checkpoints to score (with --evaluator external: candidates in the files, or --all)")
+    labels, lengthened = score_labels(candidates)
+    candidates = list(labels.values())
     total = len(candidates) * len(spec.tasks)
     desc = f"scoring {spec.split_name(split)}"
     bar = tqdm(total=total, unit="task", desc=desc, disable=quiet, file=sys.stderr)
@@ -164,10 +167,9 @@ def score(
             results.append(got)
     finally:
         bar.close()
-    matrix = ScoreMatrix.from_scores(results)
-    # a folder by its name; a name from a score file (a leaderboard's "Org/Model (FC)") as it is
-    names = [Path(c).name if Path(c).is_dir() else c for c in matrix.candidates]
-    labels = names if len(set(names)) == len(names) else matrix.candidates
+    matrix = ScoreMatrix.from_scores(
+        [got.model_copy(update={"candidate": label}) for got, label in zip(results, labels, strict=True)]
+    )
     width = max(len(s) for s in [*labels, "candidate"])
     heads = [*matrix.categories, "average"]
     cols = [max(10, len(c)) for c in heads]  # BFCL's category names are up to 22 characters
@@ -178,6 +180,11 @@ def score(
         hit = f"  ({res.cached_tasks}/{len(res.tasks)} cached)" if res.cached_tasks else ""
         cells = "  ".join(f"{v:{w}.4f}" for v, w in zip([*row, avg], cols, strict=True))
         typer.echo(f"{label:{width}s}  {cells}{hit}")
+    if lengthened:
+        typer.echo(
+            f"note: names lengthened to tell apart folders of one name: {', '.join(lengthened)} "
+            "(in the table, the CSV and the JSON)"
+        )
     if isinstance(backend, TaskEvaluator):
         typer.echo(f"{sum(r.cached_tasks for r in results)} of {total} task scores came from the score cache")
     out.mkdir(parents=True, exist_ok=True)
@@ -185,6 +192,29 @@ def score(
     stem.with_suffix(".json").write_text(matrix.model_dump_json(indent=2) + "\n")
     stem.with_suffix(".csv").write_text(matrix.to_csv())
     typer.echo(f"wrote {stem}.json and {stem}.csv")
+
+
+def score_labels(candidates: Sequence[str | Path]) -> tuple[dict[str, str | Path], list[str]]:
+    """Unique names for the score table, CSV and JSON (name -> candidate), and those lengthened.
+
+    A folder is named by its last part, or by as much more of its path as tells it from other folders
+    of that name (workers.pipeline.candidate_labels: a/soup, b/soup); a name from a score file (a
+    leaderboard's "Org/Model (FC)") as it is. A candidate given twice is scored once.
+    """
+    from workers.pipeline import candidate_labels
+
+    given: dict[str, str | Path] = {}
+    for c in candidates:
+        folder = Path(c)
+        given.setdefault(str(folder.resolve()) if folder.is_dir() else str(c), c)
+    folders = [Path(c) for c in given.values() if Path(c).is_dir()]
+    short = {str(p): label for label, p in candidate_labels(folders).items()} if folders else {}
+    out: dict[str, str | Path] = {}
+    for c in given.values():
+        label = short.get(str(Path(c)), str(c))
+        out[label if label not in out else str(c)] = c
+    lengthened = [label for label, c in out.items() if Path(c).is_dir() and label != Path(c).name]
+    return out, lengthened
 
 
 def register(app: typer.Typer) -> None:

@@ -111,6 +111,11 @@ class Score(Base):
     value: Mapped[float]
     stderr: Mapped[float | None]
     n: Mapped[int | None]
+    # per-document values in document order, where the caller asked for them (a soup's test scores)
+    samples: Mapped[list[float] | None] = mapped_column(
+        # a type of its own: MutableDict.as_mutable(JSONType) makes every JSONType column take dicts only
+        JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+    )
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), server_default=func.now())
 
     def __repr__(self) -> str:

@@ -19,6 +19,7 @@ from markupsafe import Markup
 
 from soce.report import charts
 from soce.report.charts import BarSeries, TrialPoint, as_number, format_number
+from soce.report.interpolation_chart import interpolation_svg
 
 __all__ = ["SECTIONS", "get", "render_report_html", "render_report_sections"]
 
@@ -32,6 +33,7 @@ _SERIES: tuple[tuple[str, str, str], ...] = (
     ("uniform", "Uniform (all)", "#999999"),
     ("uniform_experts", "Uniform (experts)", "#CC79A7"),
     ("greedy", "Greedy", "#009E73"),
+    ("ensemble", "Output ensemble", "#56B4E9"),
 )
 
 
@@ -100,6 +102,7 @@ def _view(report: Any) -> dict[str, Any]:
         "search": _search(report),
         "weights": _weights(report),
         "baselines": _baselines(report, categories),
+        "interpolation": _interpolation(report),
     }
 
 
@@ -235,3 +238,32 @@ def _baselines(report: Any, categories: list[str]) -> dict[str, Any]:
         "details": details,
         "intervals": intervals,
     }
+
+
+def _interpolation(report: Any) -> dict[str, Any]:
+    """The curve between the soup's two largest ingredients: its chart, and a row per point (t, each
+    category, the average, and how far the average lies below the straight line between the ends)."""
+    curve = get(report, "interpolation")
+    points = get(curve, "points", [])
+    ts = [t for t in (as_number(get(p, "t")) for p in points) if t is not None]
+    if len(points) < 2 or len(ts) < len(points):
+        return {"chart": None, "categories": [], "rows": []}
+    names = [n for n, _ in _items(get(points[0], "categories"))]
+    values = {n: [as_number(get(get(p, "categories"), n)) for p in points] for n in names}
+    averages = [as_number(get(p, "average")) for p in points]
+    first, last = averages[0], averages[-1]
+    rows = []
+    for i, (t, avg) in enumerate(zip(ts, averages, strict=True)):
+        below = None
+        if first is not None and last is not None and avg is not None:
+            below = (1 - t) * first + t * last - avg
+        rows.append((t, [values[n][i] for n in names], avg, below))
+    svg = interpolation_svg(
+        ts,
+        values,
+        averages,
+        a=str(get(curve, "a", "A")),
+        b=str(get(curve, "b", "B")),
+        split=str(get(curve, "split", "dev")),
+    )
+    return {"chart": Markup(svg), "categories": names, "rows": rows}

@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from soce.schemas.interpolation import InterpolationCurve
 from soce.schemas.run import RunRecipe
+from soce.schemas.similarity import SimilarityResult
 
 Scores = dict[str, dict[str, float | None]]  # candidate -> category -> score
 Averages = dict[str, float | None]  # candidate -> average
@@ -82,6 +84,9 @@ class AnalysisResult(_Result):
     experts_fallback: bool
     best_single: str = Field(description="the best single candidate by its average on all of dev")
     warnings: list[str]
+    similarity: SimilarityResult | None = Field(
+        None, description="the basin check: how alike the candidates' weights are, per layer group"
+    )
 
 
 # --- search ------------------------------------------------------------------------------------------
@@ -150,6 +155,11 @@ class GreedyStep(_Result):
 
 class BaselineResult(_Result):
     label: str
+    kind: Literal["soup", "ensemble", "extra"] = Field(
+        "soup",
+        description="soup: a weight average of `members`; ensemble: their output ensemble (the mean of "
+        "their next-token log-probabilities, renormalised; `weights` equal); extra: a model folder",
+    )
     members: list[str]
     weights: Weights
     dev_average: float | None = Field(description="on the search part of dev (None: not scored on dev)")
@@ -181,6 +191,13 @@ class SoupResult(_Result):
     test_average_interval: tuple[float, float]
     test_average_from_disk: float
     intervals: dict[str, Interval] = Field(description="vs_<baseline>: the soup minus that baseline on test")
+    ensemble_gain_kept: float | None = Field(
+        None,
+        description="(soup - best single) / (ensemble - best single) on the test average: the share of the "
+        "output ensemble's gain over the best single candidate that the soup keeps (None: no ensemble "
+        "scored, or it does not beat the best single; see ensemble_note)",
+    )
+    ensemble_note: str | None = Field(None, description="why ensemble_gain_kept is None, when it is")
 
 
 class DevParts(_Result):
@@ -222,8 +239,26 @@ class Report(_Result):
     baselines: dict[str, BaselineResult]
     baselines_not_scored: dict[str, NotScored]
     soup: SoupResult
-    seconds: dict[str, float]
+    similarity: SimilarityResult | None = Field(
+        None, description="the basin check of the candidates (the analyse step's), per layer group"
+    )
+    summaries: dict[str, dict[str, float | None]] = Field(
+        default_factory=dict,
+        description="the suite's summary columns on test (e.g. BFCL's non-live and live AST accuracy): "
+        "summary -> model (candidate, baseline, soup) -> value",
+    )
+    seconds: dict[str, float] = Field(
+        description="wall seconds per step: score, analyse, search, select (baselines and the final "
+        "choice), finalize (the whole finalize step, select included, until this report), and total (the "
+        "job from its start step until this report, across workers)"
+    )
     warnings: list[str]
+    interpolation: InterpolationCurve | None = Field(
+        None,
+        description="the dev curve (all of dev) along the line between the soup's two largest ingredients; "
+        "None when turned off (recipe interpolation_points: 0), when the soup has fewer than two "
+        "ingredients with a weight, or when it could not be scored (see warnings)",
+    )
 
     def as_json(self) -> dict[str, Any]:
         """The report as JSON data (NaN and infinities as null), as report.json and the API hold it."""

@@ -60,12 +60,20 @@ class RunRecipe(BaseModel):
     absolute: bool = Field(False, description="use |rho| < tau (the paper's formula) instead of rho < tau")
     # a cap above the number of candidates a job can name would cap nothing
     max_experts: int | None = Field(None, ge=2, le=MAX_CANDIDATES)
-    sampler: Literal["grid", "tpe", "cmaes", "nsga2"] = "tpe"
+    sampler: Literal["grid", "tpe", "cmaes", "nsga2", "learned"] = "tpe"
     # each trial is a full evaluation on a GPU (seconds to minutes), and TPE's cost per ask grows with
     # the trials told: 10,000 is days of GPU time, far past where a search over a few weights converges
     n_trials: int | None = Field(
-        None, ge=1, le=10_000, description="default: the whole grid, or 40 for the other samplers"
+        None,
+        ge=1,
+        le=10_000,
+        description="default: the whole grid, 6 points of the learned path, or 40 for the other samplers",
     )
+    # each step is a forward and backward pass over the search part of dev, about three evaluations
+    learned_steps: int = Field(
+        30, ge=1, le=1000, description="sampler learned: Adam steps on the mixing logits (early stop)"
+    )
+    learned_lr: float = Field(0.1, gt=0, le=10, description="sampler learned: Adam's learning rate")
     parallel_trials: int = Field(1, ge=1, le=64)
     space: Literal["simplex", "layerwise"] = "simplex"
     # the deepest open models have fewer than 128 blocks; more groups than blocks leave groups empty,
@@ -89,12 +97,25 @@ class RunRecipe(BaseModel):
     selection_trials: int = Field(
         3, ge=1, le=20, description="the best trials compared on the selection part"
     )
+    ensemble: bool = Field(
+        True,
+        description="also score the output ensemble of the soup's ingredients on test, as a baseline "
+        "(k forward passes per token for k ingredients)",
+    )
     # the seed goes to numpy's legacy RandomState inside Optuna's samplers, which takes 0 <= seed < 2**32
     seed: int = Field(0, ge=0, lt=2**32)
     # each bootstrap holds an (iterations x examples) array per task (10,000 resamples of 1,000 examples
     # are 80 MB); at 10,000 the Monte Carlo error of a 95% interval's ends is under 1% of its width
     bootstrap_iterations: int = Field(2000, ge=100, le=10_000)
     confidence: float = Field(0.95, gt=0, lt=1)
+    # each point is one dev evaluation at finalize (the merge is in place); 101 is t in steps of 0.01
+    interpolation_points: int = Field(
+        5,
+        ge=0,
+        le=101,
+        description="points of the report's dev curve between the soup's two largest ingredients "
+        "(both ends included); 0: no curve",
+    )
     dtype: Literal["float32", "bfloat16", "float16"] | None = None
     output: PathStr = Field("soce-out", description="folder for the soup and its report")
 
@@ -106,6 +127,8 @@ class RunRecipe(BaseModel):
             )
         if self.sampler == "nsga2" and self.pruning:
             raise ValueError("pruning needs one objective; sampler nsga2 has one per category")
+        if self.interpolation_points == 1:
+            raise ValueError("interpolation_points: one point is no curve; give 0 (no curve) or 2 or more")
         return self
 
     @classmethod

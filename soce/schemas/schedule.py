@@ -69,8 +69,10 @@ class RecipeTemplate(BaseModel):
     tau: float = RunRecipe.model_fields["tau"]
     absolute: bool = RunRecipe.model_fields["absolute"]
     max_experts: int | None = RunRecipe.model_fields["max_experts"]
-    sampler: Literal["grid", "tpe", "cmaes", "nsga2"] = RunRecipe.model_fields["sampler"]
+    sampler: Literal["grid", "tpe", "cmaes", "nsga2", "learned"] = RunRecipe.model_fields["sampler"]
     n_trials: int | None = RunRecipe.model_fields["n_trials"]
+    learned_steps: int = RunRecipe.model_fields["learned_steps"]
+    learned_lr: float = RunRecipe.model_fields["learned_lr"]
     parallel_trials: int = RunRecipe.model_fields["parallel_trials"]
     space: Literal["simplex", "layerwise"] = RunRecipe.model_fields["space"]
     layer_groups: int = RunRecipe.model_fields["layer_groups"]
@@ -79,9 +81,11 @@ class RecipeTemplate(BaseModel):
     include_best_single: bool = RunRecipe.model_fields["include_best_single"]
     selection_fraction: float = RunRecipe.model_fields["selection_fraction"]
     selection_trials: int = RunRecipe.model_fields["selection_trials"]
+    ensemble: bool = RunRecipe.model_fields["ensemble"]
     seed: int = RunRecipe.model_fields["seed"]
     bootstrap_iterations: int = RunRecipe.model_fields["bootstrap_iterations"]
     confidence: float = RunRecipe.model_fields["confidence"]
+    interpolation_points: int = RunRecipe.model_fields["interpolation_points"]
     dtype: Literal["float32", "bfloat16", "float16"] | None = RunRecipe.model_fields["dtype"]
 
     @model_validator(mode="after")

@@ -26,7 +26,8 @@ class TaskScore(BaseModel):
     cached: bool = Field(False, description="read from the score cache instead of evaluated")
     samples: tuple[float, ...] | None = Field(
         None,
-        description="per-document values of the metric in document order, when asked for (never cached)",
+        description="per-document values of the metric in document order, when asked for (a soup's are "
+        "cached with its scores, a checkpoint's are not)",
         exclude_if=lambda v: v is None,  # absent from dumps unless filled: existing outputs keep their shape
     )
 
@@ -146,6 +147,10 @@ class ScoreMatrix(BaseModel):
     def from_scores(cls, scores: Sequence[SuiteScores]) -> ScoreMatrix:
         if not scores:
             raise ValueError("a score matrix needs at least one candidate")
+        names = [s.candidate for s in scores]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:  # rows are read back by name (reports, CSV): two under one name would merge
+            raise EvaluationError(f"a score matrix names each candidate once; {', '.join(twice)} twice")
         first = scores[0]
         cats = list(first.categories)
         return cls(

@@ -10,6 +10,7 @@ import pytest
 
 from soce.checkpoints import (
     ARCHITECTURE_FIELDS,
+    COMPUTATION_FIELDS,
     Checkpoint,
     check_compatibility,
     ensure_compatible,
@@ -159,6 +160,85 @@ def test_non_architecture_config_fields_do_not_matter(make_checkpoints) -> None:
     edit_json(b / "config.json", cosmetic)
     report, _ = report_for(a, b)
     assert report.ok, report.problems
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("rms_norm_eps", 1e-3),
+        ("hidden_act", "gelu"),
+        ("max_position_embeddings", 4096),
+        ("attention_bias", True),
+        ("sliding_window", 16),
+        ("head_dim", 64),
+    ],
+)
+def test_a_field_that_changes_the_computation_is_refused(make_checkpoints, field: str, value) -> None:
+    assert field in COMPUTATION_FIELDS
+    a, b = make_checkpoints(2)
+    before = json.loads((a / "config.json").read_text())
+    before.setdefault(field, None)  # a field only one config states is not compared: state it in both
+    edit_json(a / "config.json", lambda c: c.__setitem__(field, before[field]))
+    edit_json(b / "config.json", lambda c: c.__setitem__(field, value))
+    report, ckpts = report_for(a, b)
+    (problem,) = report.problems
+    assert problem.kind == "config"
+    for needle in (f"'{field}'", repr(value), repr(before[field]), str(a), str(b)):
+        assert needle in problem.message
+    with pytest.raises(IncompatibleCheckpointsError, match=field):
+        ensure_compatible(ckpts)
+
+
+def test_rope_parameters_are_compared_however_the_config_writes_them(make_checkpoints) -> None:
+    a, b = make_checkpoints(2)
+    rope = {"rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"}}
+    edit_json(a / "config.json", lambda c: c.update(rope))
+    edit_json(b / "config.json", lambda c: c.update(rope_theta=500000.0, rope_scaling=None))
+    report, _ = report_for(a, b)
+    (problem,) = report.problems
+    assert problem.kind == "config" and "rope parameter 'rope_theta'" in problem.message
+    assert "500000.0" in problem.message and "10000.0" in problem.message
+    # transformers 4's rope_theta and rope_scaling state what transformers 5's rope_parameters state
+    edit_json(b / "config.json", lambda c: c.update(rope_theta=10000.0))
+    assert report_for(a, b)[0].ok
+    edit_json(b / "config.json", lambda c: c.update(rope_scaling={"type": "linear", "factor": 2.0}))
+    (problem,) = report_for(a, b)[0].problems  # rope_scaling's `type` is rope_parameters' rope_type
+    assert "rope parameter 'rope_type'" in problem.message and "'linear'" in problem.message
+    # per layer type (transformers 5, e.g. Gemma 3)
+    layered = {"full_attention": {"rope_theta": 1e6}, "sliding_attention": {"rope_theta": 1e4}}
+    edit_json(a / "config.json", lambda c: c.update(rope_parameters=layered))
+    other = {**layered, "sliding_attention": {"rope_theta": 2e4}}
+    edit_json(b / "config.json", lambda c: (c.pop("rope_scaling"), c.update(rope_parameters=other)))
+    (problem,) = report_for(a, b)[0].problems
+    assert "'sliding_attention.rope_theta'" in problem.message
+
+
+def test_bookkeeping_and_equivalent_settings_do_not_matter(make_checkpoints) -> None:
+    a, b = make_checkpoints(2)
+    edit_json(a / "config.json", lambda c: c.update(hidden_act="silu", architectures=["A", "B"]))
+
+    def bookkeeping(c: dict) -> None:
+        c.update(
+            _name_or_path="/elsewhere",
+            transformers_version="4.57.0",
+            dtype="bfloat16",
+            torch_dtype="bfloat16",
+            use_cache=False,
+            bos_token_id=7,
+            hidden_act="swish",  # the same function as silu
+            architectures=["B", "A"],
+            attention_dropout=0.1,
+        )
+        c.pop("rms_norm_eps", None)  # stated in one config only: its class default, unknown here
+
+    edit_json(b / "config.json", bookkeeping)
+    edit_json(a / "config.json", lambda c: c.update(rms_norm_eps=1e-5))
+    report, _ = report_for(a, b)
+    assert report.ok, report.problems
+    # Qwen2 keeps a window size while sliding-window attention is off
+    edit_json(a / "config.json", lambda c: c.update(use_sliding_window=False, sliding_window=4096))
+    edit_json(b / "config.json", lambda c: c.update(use_sliding_window=False, sliding_window=32768))
+    assert report_for(a, b)[0].ok
 
 
 def test_missing_config_on_one_side(make_checkpoints) -> None:

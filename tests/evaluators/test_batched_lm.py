@@ -224,3 +224,58 @@ def test_suite_fingerprints_follow_the_files(fresh_zoo: Zoo, monkeypatch: pytest
     (fresh_zoo.root / "tasks" / "notes.txt").write_text("a new file in the folder\n")
     assert evaluator.suite_fingerprints(suite, "dev") == edited
     assert len(computed) == 3 * len(suite.tasks)
+
+
+class PastKeyValuesLM(torch.nn.Module):
+    """A causal LM whose forward names its cache `past_key_values`, as code written for transformers
+    before 5.25 does (remote code), around a model of this release."""
+
+    def __init__(self, model) -> None:
+        super().__init__()
+        self.inner, self.config, self.generation_config = model, model.config, model.generation_config
+
+    def forward(
+        self, input_ids, attention_mask=None, position_ids=None, use_cache=False, past_key_values=None
+    ):
+        return self.inner(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=use_cache,
+            cache=past_key_values,
+        )
+
+
+def test_greedy_generation_warns_of_no_deprecated_cache_name(zoo_suite: SuiteSpec, candidate: tuple) -> None:
+    import logging
+    import warnings
+
+    model, tokenizer = candidate
+    notes: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())  # type: ignore[method-assign]
+    hf_logger = logging.getLogger("transformers")  # it does not propagate: listen to it directly
+    hf_logger.addHandler(handler)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            tasks = LmEvalEvaluator(device="cpu").evaluate_model(model, tokenizer, zoo_suite, "test")
+            ours = BatchedLM(model, tokenizer, batch_size=4).generate_until(
+                zoo_requests(zoo_suite, "generate_until")
+            )
+    finally:
+        hf_logger.removeHandler(handler)
+    generated = [t.name for t in zoo_suite.tasks if t.metric.startswith("exact_match")]
+    assert generated and all(name in tasks for name in generated)
+    said = [str(w.message) for w in caught] + notes
+    assert not [s for s in said if "past_key_values" in s or "deprecated" in s], said
+    assert any(ours)
+
+
+def test_a_forward_that_names_the_cache_past_key_values_gets_it(
+    zoo_suite: SuiteSpec, candidate: tuple
+) -> None:
+    model, tokenizer = candidate
+    requests = zoo_requests(zoo_suite, "generate_until")
+    want = BatchedLM(model, tokenizer, batch_size=8).generate_until(requests)
+    assert BatchedLM(PastKeyValuesLM(model), tokenizer, batch_size=8).generate_until(requests) == want

@@ -131,3 +131,69 @@ def test_parts_of_dev_are_scored_and_cached_apart(zoo: Zoo, engine: Engine, monk
         evaluator.score_tasks(
             zoo.candidates[0], zoo.suite, "dev", zoo.suite.tasks, part=DevPart(name="select", fraction=1e-9)
         )
+
+
+def test_a_soups_scores_are_cached_by_content_with_their_samples(zoo: Zoo, engine: Engine) -> None:
+    """score_soup: keyed by the ingredients' contents, weights, method and dtype; a score stored
+    without per-document values does not answer a request that needs them."""
+    from soce.schemas.scores import TaskScore
+    from soce.score_cache import score_soup, soup_hash
+
+    evaluator = LmEvalEvaluator()
+    evaluated: list[tuple[str, bool]] = []
+
+    def evaluate(samples: bool):
+        def run(tasks):
+            evaluated.extend((t.name, samples) for t in tasks)
+            values = (1.0, 0.0, 1.0, 1.0)
+            return {
+                t.name: TaskScore(
+                    task=t.name, metric=t.metric, value=0.75, n=4, samples=values if samples else None
+                )
+                for t in tasks
+            }
+
+        return run
+
+    def soup(weights=(0.25, 0.75), **kwargs) -> str:
+        fields = {
+            "ingredients": ["a" * 64, "b" * 64],
+            "weights": weights,
+            "dtype": "float32",
+            "model": "a" * 64,
+        }
+        return soup_hash(**{**fields, **kwargs})
+
+    every = [(t.name, False) for t in zoo.suite.tasks]
+    plain = score_soup(evaluator, soup(), zoo.suite, "test", evaluate(False), engine=engine)
+    assert evaluated == every and all(s.samples is None and not s.cached for s in plain.values())
+    evaluated.clear()
+    # stored without samples: a request that needs them evaluates again, and stores them
+    with_samples = score_soup(
+        evaluator, soup(), zoo.suite, "test", evaluate(True), engine=engine, samples=True
+    )
+    assert evaluated == [(name, True) for name, _ in every]
+    evaluated.clear()
+    again = score_soup(evaluator, soup(), zoo.suite, "test", evaluate(True), engine=engine, samples=True)
+    assert evaluated == [] and all(s.cached for s in again.values())
+    assert {n: s.samples for n, s in again.items()} == {n: s.samples for n, s in with_samples.items()}
+    assert (
+        score_soup(evaluator, soup(), zoo.suite, "test", evaluate(False), engine=engine)[
+            zoo.suite.tasks[0].name
+        ].samples
+        is None
+    )
+    assert evaluated == []
+    # rounding below 12 digits is the same soup; anything else it depends on is another
+    assert soup((0.25 + 1e-14, 0.75)) == soup()
+    others = [
+        soup((0.3, 0.7)),
+        soup(dtype="bfloat16"),
+        soup(model="b" * 64),
+        soup(ingredients=["b" * 64, "a" * 64]),
+        soup(groups={"embed": (0.5, 0.5), "blocks[0]": (0.25, 0.75)}, layer_groups=1),
+        soup(groups={"embed": (0.5, 0.5), "blocks[0]": (0.25, 0.75)}, layer_groups=2),
+    ]
+    assert len({soup(), *others}) == 1 + len(others)
+    score_soup(evaluator, soup(), zoo.suite, "dev", evaluate(False), engine=engine)  # another split
+    assert evaluated == every

@@ -112,3 +112,24 @@ def test_lm_eval_scores_are_cached_between_runs(tmp_path: Path, zoo: Zoo) -> Non
         return next(line for line in output.splitlines() if line.startswith("candidate-0")).split()[:4]
 
     assert row(first.output) == row(second.output)
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_folders_of_one_name_are_told_apart_by_more_of_their_path(tmp_path: Path, zoo: Zoo) -> None:
+    import shutil
+
+    soups = [tmp_path / "runs" / parent / "soup" for parent in ("a", "b")]
+    for source, soup in zip(zoo.candidates, soups, strict=True):
+        shutil.copytree(source, soup)
+    out = tmp_path / "out"
+    args = ["score", "--suite", zoo.suite_file, "--split", "dev", "--device", "cpu", "--out", out, "-q"]
+    result = invoke(*args, *soups, soups[0])  # given twice: scored once
+    assert result.exit_code == 0, result.output
+    rows = [line.split()[0] for line in result.output.splitlines() if line.startswith(("a/", "b/", "/"))]
+    assert rows == ["a/soup", "b/soup"]
+    assert "note: names lengthened to tell apart folders of one name: a/soup, b/soup" in result.output
+    matrix = json.loads((out / "tiny-dev.json").read_text())
+    assert matrix["candidates"] == ["a/soup", "b/soup"]
+    assert [s["candidate"] for s in matrix["scores"]] == ["a/soup", "b/soup"]
+    csv_rows = [line.split(",")[0] for line in (out / "tiny-dev.csv").read_text().splitlines()[1:]]
+    assert csv_rows == ["a/soup", "b/soup"]

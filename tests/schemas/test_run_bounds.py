@@ -23,6 +23,8 @@ EDGES = [
     ("parallel_trials", 64, 65),
     ("selection_trials", 20, 21),
     ("layer_groups", 128, 129),
+    ("interpolation_points", 0, -1),
+    ("interpolation_points", 101, 102),
     ("max_experts", 1000, 1001),
     ("batch_size", 4096, 4097),
     ("name", "x" * 255, "x" * 256),
@@ -66,6 +68,14 @@ def test_a_recipe_template_has_the_recipe_bounds_and_an_id_the_database_holds() 
             RecipeTemplate.model_validate({"suite_id": suite_id})
     with pytest.raises(ValueError, match="seed"):
         RecipeTemplate.checked({"suite_id": 1, "seed": -1})
+
+
+def test_one_interpolation_point_is_no_curve() -> None:
+    assert RunRecipe.model_validate({**BASE, "interpolation_points": 2}).interpolation_points == 2
+    with pytest.raises(RunRecipeError, match="interpolation_points: one point is no curve"):
+        RunRecipe.parse({**BASE, "interpolation_points": 1}, where="recipe.yml: ")
+    with pytest.raises(ValueError, match="interpolation_points: one point is no curve"):
+        RecipeTemplate.checked({"suite_id": 1, "interpolation_points": 1})
 
 
 @pytest.mark.parametrize(

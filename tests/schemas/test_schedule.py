@@ -66,7 +66,10 @@ def test_recipe_template_completes_a_recipe_as_a_job_would(recipe: dict[str, Any
     ("recipe", "message"),
     [
         ({}, "suite_id: Field required"),
-        ({"suite_id": 1, "sampler": "nope"}, "sampler: Input should be 'grid', 'tpe', 'cmaes' or 'nsga2'"),
+        (
+            {"suite_id": 1, "sampler": "nope"},
+            "sampler: Input should be 'grid', 'tpe', 'cmaes', 'nsga2' or 'learned'",
+        ),
         ({"suite_id": 1, "tau": 2}, "tau: Input should be less than or equal to 1"),
         ({"suite_id": 1, "candidates": ["/a", "/b"]}, "candidates: Extra inputs are not permitted"),
         ({"suite_id": 1, "output": "/tmp/x"}, "output: Extra inputs are not permitted"),

@@ -81,7 +81,9 @@ def test_run_writes_soup_and_reports(first_run, tiny_zoo: Path):
     assert search["best_dev_objective"] == max(
         t["objective"] for t in search["history"] if t["objective"] is not None
     )
-    assert set(report["baselines"]) == {"best_single", "uniform", "uniform_experts", "greedy"}
+    ingredients = [e for e, w in report["weights"].items() if w > 0]
+    ensemble = {"ensemble"} if len(ingredients) > 1 else set()  # an ensemble of one is not scored
+    assert set(report["baselines"]) == {"best_single", "uniform", "uniform_experts", "greedy", *ensemble}
     best_single = report["baselines"]["best_single"]
     assert best_single["members"] == [best]
     # a candidate souped alone is that candidate: its test scores equal its own cached test scores
@@ -145,6 +147,48 @@ def test_report_leads_with_a_decision(first_run):
     assert (out / "scores-dev-search.csv").is_file() and (out / "scores-dev-select.csv").is_file()
 
 
+def test_the_output_ensemble_of_the_soups_ingredients_is_reported_beside_it(first_run, tiny_zoo: Path):
+    from evaluators import LmEvalEvaluator
+    from evaluators.ensemble import EnsembleLM
+    from soce.schemas.scores import SuiteScores
+    from soce.schemas.suite import SuiteSpec
+
+    recipe, result = first_run
+    assert result.exit_code == 0, result.output
+    out = recipe.parent / "out"
+    report = json.loads((out / "report.json").read_text())
+    soup, baselines = report["soup"], report["baselines"]
+    ingredients = [e for e, w in report["weights"].items() if w > 0]
+    assert len(ingredients) > 1, "the tiny zoo's soup mixes several candidates"
+    ens = baselines["ensemble"]
+    assert ens["kind"] == "ensemble" and ens["members"] == ingredients and ens["dev_average"] is None
+    assert ens["weights"] == pytest.approx({e: 1 / len(ingredients) for e in ingredients})
+    assert set(ens["test"]) == set(report["categories"])
+    assert all(b["kind"] == "soup" for name, b in baselines.items() if name != "ensemble")
+    # the ingredients loaded from disk and ensembled on their own score what finalize reported
+    suite = SuiteSpec.from_file(tiny_zoo / "suite.yaml")
+    evaluator = LmEvalEvaluator(device="cpu")
+    models = [evaluator.load_checkpoint(Path(report["candidate_paths"][e])) for e in ingredients]
+    tasks = evaluator.evaluate_model(EnsembleLM([m for m, _ in models]), models[0][1], suite, "test")
+    alone = SuiteScores.aggregate(suite, "test", candidate="e", evaluator="e", tasks=tasks)
+    assert ens["test_average"] == pytest.approx(alone.average, abs=1e-9)
+    # the paired interval of soup minus ensemble, and the share of the ensemble's gain the soup keeps
+    iv = soup["intervals"]["vs_ensemble"]
+    assert iv["diff"] == pytest.approx(soup["test_average"] - ens["test_average"])
+    assert iv["low"] <= iv["diff"] <= iv["high"]
+    best = baselines["best_single"]["test_average"]
+    if ens["test_average"] > best:
+        kept = (soup["test_average"] - best) / (ens["test_average"] - best)
+        assert soup["ensemble_gain_kept"] == pytest.approx(kept) and soup["ensemble_note"] is None
+        shown = f"keeps {100 * soup['ensemble_gain_kept']:.0f}% of its gain"
+    else:
+        assert soup["ensemble_gain_kept"] is None and "does not beat the best single" in soup["ensemble_note"]
+        shown = "does not beat the best single"
+    assert shown in result.output and "output ensemble of the soup's ingredients" in result.output
+    html = (out / "report.html").read_text()
+    assert 'id="ensemble-gain"' in html and "soup vs ensemble" in html and "series-ensemble" in html
+
+
 def test_rerun_reuses_cached_scores_and_the_stored_study(first_run):
     recipe, first = first_run
     assert first.exit_code == 0, first.output
@@ -166,6 +210,30 @@ def test_rerun_reuses_cached_scores_and_the_stored_study(first_run):
     assert {t.number: t.user_attrs["category_scores"] for t in study.trials[:4]} == old
 
 
+def test_the_report_has_the_dev_curve_between_the_two_largest_ingredients(first_run):
+    from markupsafe import escape
+
+    recipe, result = first_run
+    assert result.exit_code == 0, result.output
+    out = recipe.parent / "out"
+    report = json.loads((out / "report.json").read_text())
+    curve, weights = report["interpolation"], report["weights"]
+    ranked = sorted((e for e, w in weights.items() if w > 0), key=lambda e: -weights[e])  # ties: in order
+    assert len(ranked) >= 2, "the tiny zoo's soup mixes several candidates"
+    assert [curve["a"], curve["b"]] == ranked[:2] and report["recipe"]["interpolation_points"] == 5
+    assert curve["split"] == "dev" and curve["part"] is None  # all of dev, as dev_scores
+    assert [p["t"] for p in curve["points"]] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    # the ends are the two candidates alone: their dev scores, scored from disk by the score step
+    for point, name in ((curve["points"][0], curve["a"]), (curve["points"][-1], curve["b"])):
+        assert point["categories"] == pytest.approx(report["dev_scores"][name], abs=1e-9)
+        assert point["average"] == pytest.approx(report["dev_average"][name], abs=1e-9)
+    assert curve["barrier"] >= 0
+    assert curve["linearly_connected"] == curve["conclusion"].startswith("linearly connected")
+    html = (out / "report.html").read_text()
+    assert 'id="interpolation"' in html and 'data-chart="interpolation"' in html
+    assert str(escape(curve["conclusion"])) in html
+
+
 def test_layerwise_search_writes_a_layerwise_soup(tiny_zoo: Path, tmp_path: Path):
     recipe = write_recipe(tmp_path, tiny_zoo, space="layerwise", n_trials=3, layer_groups=2)
     result = runner.invoke(app, ["run", str(recipe), "-q"])
@@ -182,7 +250,15 @@ def test_layerwise_search_writes_a_layerwise_soup(tiny_zoo: Path, tmp_path: Path
 
 
 def test_the_papers_recipe_searches_the_experts_and_chooses_on_all_of_dev(tiny_zoo: Path, tmp_path: Path):
-    recipe = write_recipe(tmp_path, tiny_zoo, include_best_single=False, selection_fraction=0, n_trials=3)
+    recipe = write_recipe(
+        tmp_path,
+        tiny_zoo,
+        include_best_single=False,
+        selection_fraction=0,
+        n_trials=3,
+        ensemble=False,
+        interpolation_points=0,
+    )
     result = runner.invoke(app, ["run", str(recipe), "-q"])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -196,6 +272,14 @@ def test_the_papers_recipe_searches_the_experts_and_chooses_on_all_of_dev(tiny_z
     assert report["best_single"] == best  # chosen on all of dev
     assert any("selection_fraction is 0" in w for w in report["warnings"])
     assert report["decision"]["selection_fraction"] == 0
+    # the recipe turns the output ensemble off: no baseline, no interval, no share of its gain
+    assert "ensemble" not in report["baselines"] and "vs_ensemble" not in report["soup"]["intervals"]
+    assert (
+        report["soup"]["ensemble_gain_kept"] is None and "ensemble: false" in report["soup"]["ensemble_note"]
+    )
+    # the recipe turns the interpolation curve off
+    assert report["interpolation"] is None
+    assert "interpolation_points: 0" in (tmp_path / "out" / "report.html").read_text()
     if report["decision"]["kind"] == "single":
         assert report["verdict"] == f"keep {best}: no soup beat it on dev (no selection split)"
 
@@ -235,3 +319,17 @@ def test_missing_and_malformed_recipe_files(tmp_path: Path):
     bad.write_text("candidates: [unclosed\n")
     result = runner.invoke(app, ["run", str(bad)])
     assert result.exit_code == 2 and "cannot be read as YAML" in result.output
+
+
+def test_the_report_has_the_basin_check_of_the_candidates(first_run):
+    """The analyse step's basin check: fine-tunes of the zoo's one base share it, nobody is flagged."""
+    recipe, result = first_run
+    assert result.exit_code == 0, result.output
+    out = recipe.parent / "out"
+    report = json.loads((out / "report.json").read_text())
+    similarity = report["similarity"]
+    assert similarity["candidates"] == report["candidates"]  # named by their labels, not paths
+    assert similarity["flagged"] == [] and len(similarity["basins"]) == 1
+    overall = similarity["overall"]["weights"]
+    assert min(v for row in overall for v in row if v is not None) > 0.5
+    assert 'id="basins"' in (out / "report.html").read_text()
