@@ -12,7 +12,7 @@ from optimizer.space import SoupWeights
 from soce.errors import EvaluationError
 from soce.report import render_report_html, render_report_sections
 from soce.schemas.report import BaselineResult, Report
-from workers.finalize import ENSEMBLE_LABEL, ensemble_gain_kept, ensemble_test_scores, soup_ingredients
+from workers.held_out import ENSEMBLE_LABEL, ensemble_gain_kept, ensemble_test_scores, soup_ingredients
 
 DEMO = Path(__file__).parents[1] / "data" / "report-demo.json"
 
