@@ -144,7 +144,7 @@ def write_soup(
                 settings,
                 verdict,
             )
-            _replace(tmp, out)
+            replace_path(tmp, out)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -160,7 +160,9 @@ def _usual_mode(folder: Path) -> None:
     folder.chmod(0o777 & ~umask)
 
 
-def _replace(tmp: Path, out: Path) -> None:
+def replace_path(tmp: Path, out: Path) -> None:
+    """Put the folder (or file) `tmp` at `out`, replacing what is there: renames only, so `out` is never
+    half written; the old one is removed after."""
     if not out.exists() and not out.is_symlink():
         os.rename(tmp, out)
         return

@@ -23,6 +23,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from soce.errors import CheckpointError, CheckpointNotFoundError, OutputExistsError
+from soce.merging.soup import replace_path
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def import_gguf(source: Path, out: Path, *, dtype: str = "bfloat16", force: bool
         if tokenizer.chat_template and not _has_chat_template(folder):
             raise CheckpointError(f"{source}: the tokenizer's chat template was not saved")
         _usual_modes(folder)
-        _replace(folder, out)
+        replace_path(folder, out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("imported %s into %s (%s)", source, out, dtype)
@@ -205,19 +206,6 @@ def _locked(lock_file: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def _replace(tmp: Path, out: Path) -> None:
-    if not out.exists() and not out.is_symlink():
-        os.rename(tmp, out)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    os.rename(out, old)
-    os.rename(tmp, out)
-    if old.is_dir() and not old.is_symlink():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
 
 
 def _usual_modes(folder: Path) -> None:
