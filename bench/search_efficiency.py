@@ -2,9 +2,11 @@
 
 On the demo zoo's category experts (3 or 4), the whole grid (0.1..0.9 step 0.1 summing to 1, plus
 uniform) is evaluated once; then TPE and CMA-ES run with several seeds and a budget of a third of
-the grid. Printed per run: evaluations until the best dev objective so far is within 0.5 points of
-the grid's best (and the grid's own count in its seeded order), the best dev objective, and the
-test average of the final soup. Everything is measured in this one run, side by side.
+the grid, and the learned soup (gradient ascent on the dev log-likelihood of the answers, then its
+default 6 points evaluated as trials; deterministic, so one run). Printed per run: evaluations until
+the best dev objective so far is within 0.5 points of the grid's best (and the grid's own count in its
+seeded order), the best dev objective, the test average of the final soup and the wall time (for the
+learned soup including its gradient path). Everything is measured in this one run, side by side.
 
     python bench/search_efficiency.py [--zoo DIR] [--size demo] [--seeds 3] [--experts 4]
 """
@@ -31,6 +33,7 @@ def main() -> None:
 
     import optuna
 
+    from optimizer.learned import LearnedSettings
     from optimizer.samplers import SearchConfig
     from optimizer.search import WeightSearch
     from optimizer.space import SearchSpace, SoupWeights
@@ -67,6 +70,7 @@ def main() -> None:
             SearchConfig(sampler=sampler, n_trials=n_trials, seed=seed),
             storage=optuna.storages.InMemoryStorage(),
             study_name=f"{sampler}-{seed}",
+            learn=lambda space: resident.learned_path(space, LearnedSettings()),  # for `learned` only
         )
         started = time.perf_counter()
         result = s.run()
@@ -84,26 +88,38 @@ def main() -> None:
                 return i
         return None
 
-    def row(name: str, seed: int, r):
-        return (name, seed, reached(r), len(r.history), r.best.objective, test_average(r.best.weights))
+    def row(name: str, seed: int, r, seconds: float):
+        return (
+            name,
+            seed,
+            reached(r),
+            len(r.history),
+            r.best.objective,
+            test_average(r.best.weights),
+            seconds,
+        )
 
     rows = []
     for seed in range(args.seeds):
-        g, _ = run("grid", seed, None)  # from the cache: the grid in another seeded order
-        rows.append(row("grid", seed, g))
+        g, seconds = run("grid", seed, None)  # from the cache: the grid in another seeded order
+        rows.append(row("grid", seed, g, seconds))
     for sampler in ("tpe", "cmaes"):
         for seed in range(args.seeds):
-            r, _ = run(sampler, seed, budget)
-            rows.append(row(sampler, seed, r))
-    head = ("sampler", "seed", "evals to grid best", "evals", "best dev", "soup test")
-    print(f"{head[0]:8s} {head[1]:>4s} {head[2]:>19s} {head[3]:>6s} {head[4]:>9s} {head[5]:>10s}")
-    for name, seed, hit, n, best, test in rows:
+            r, seconds = run(sampler, seed, budget)
+            rows.append(row(sampler, seed, r, seconds))
+    r, seconds = run("learned", 0, None)  # its default points; the path does not depend on the seed
+    rows.append(row("learned", 0, r, seconds))
+    head = ("sampler", "seed", "evals to grid best", "evals", "best dev", "soup test", "wall s")
+    print(
+        f"{head[0]:8s} {head[1]:>4s} {head[2]:>19s} {head[3]:>6s} {head[4]:>9s} {head[5]:>10s} {head[6]:>7s}"
+    )
+    for name, seed, hit, n, best, test, seconds in rows:
         hit_s = str(hit) if hit is not None else f"not in {n}"
-        print(f"{name:8s} {seed:4d} {hit_s:>19s} {n:6d} {best:9.4f} {test:10.4f}")
-    print()
+        print(f"{name:8s} {seed:4d} {hit_s:>19s} {n:6d} {best:9.4f} {test:10.4f} {seconds:7.1f}")
+    print("(grid after its first run, and the uniform point of every run, come from the evaluation cache)\n")
     grid_rows = [r for r in rows if r[0] == "grid"]
     grid_test = grid_rows[0][5]
-    for name in ("grid", "tpe", "cmaes"):
+    for name in ("grid", "tpe", "cmaes", "learned"):
         mine = [r for r in rows if r[0] == name]
         hits = [r[2] for r in mine if r[2] is not None]
         frac = f"{statistics.median(hits) / len(grid.history):.2f} of the grid" if hits else "never"
@@ -114,6 +130,15 @@ def main() -> None:
             f"test average {statistics.mean(r[5] for r in mine):.4f} vs grid {grid_test:.4f} "
             f"(ratio {statistics.mean(r[5] for r in mine) / grid_test:.3f})"
         )
+    tpe = [r for r in rows if r[0] == "tpe"]
+    learned = next(r for r in rows if r[0] == "learned")
+    dev, test, wall = (statistics.mean(r[i] for r in tpe) for i in (4, 5, 6))
+    print(
+        f"\nlearned vs tpe (mean of {len(tpe)} seeds): best dev {learned[4]:.4f} vs {dev:.4f} "
+        f"(ratio {learned[4] / dev:.3f}), soup test {learned[5]:.4f} vs {test:.4f} "
+        f"(ratio {learned[5] / test:.3f}), wall {learned[6]:.1f} s vs {wall:.1f} s "
+        f"(ratio {learned[6] / wall:.2f})"
+    )
 
 
 if __name__ == "__main__":

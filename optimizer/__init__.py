@@ -7,6 +7,7 @@ from optimizer.bootstrap import Interval, paired_bootstrap
 from optimizer.correlation import Correlation, analyse_correlation
 from optimizer.experts import ExpertChoice, Experts, choose_experts
 from optimizer.greedy import GreedySoup, greedy_soup
+from optimizer.learned import LearnedPath, LearnedSettings
 from optimizer.records import Scored, SearchResult, TrialRecord
 from optimizer.samplers import SAMPLERS, SearchConfig
 from optimizer.search import WeightSearch
@@ -19,6 +20,8 @@ __all__ = [
     "Experts",
     "GreedySoup",
     "Interval",
+    "LearnedPath",
+    "LearnedSettings",
     "Scored",
     "SearchConfig",
     "SearchResult",

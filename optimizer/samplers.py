@@ -1,9 +1,10 @@
 """The samplers of the weight search and the seeding policy every asker shares.
 
 `make_sampler` builds the paper's grid (its points are enqueued; the sampler only fills what is
-asked), TPE, CMA-ES or NSGA-II for a search space; `seed_for` derives each ask's seed from the recipe's
-seed and the study's size, so a sampler made afresh in any process asks the same next point of the
-same study.
+asked), TPE, CMA-ES or NSGA-II for a search space, or the learned soup's (its points come from a
+gradient path, see optimizer.learned, and are enqueued too); `seed_for` derives each ask's seed from
+the recipe's seed and the study's size, so a sampler made afresh in any process asks the same next
+point of the same study.
 """
 
 from __future__ import annotations
@@ -13,28 +14,32 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from optimizer.learned import LearnedSettings
 from optimizer.space import SearchSpace, grid_points
 from soce.errors import SearchError
 
 if TYPE_CHECKING:
     import optuna
 
-SamplerName = Literal["grid", "tpe", "cmaes", "nsga2"]
-SAMPLERS: tuple[str, ...] = ("grid", "tpe", "cmaes", "nsga2")
+SamplerName = Literal["grid", "tpe", "cmaes", "nsga2", "learned"]
+SAMPLERS: tuple[str, ...] = ("grid", "tpe", "cmaes", "nsga2", "learned")
 
 
 @dataclass(frozen=True)
 class SearchConfig:
     sampler: SamplerName = "tpe"
-    n_trials: int | None = None  # None: every grid point for `grid`, 40 otherwise
+    n_trials: int | None = None  # None: every grid point for `grid`, learned.points for `learned`, else 40
     seed: int = 0
     parallel: int = 1
     pruning: bool = False
     category_weights: Mapping[str, float] = field(default_factory=dict)
+    learned: LearnedSettings = field(default_factory=LearnedSettings)
 
     def trials_for(self, space: SearchSpace) -> int:
         if self.n_trials is not None:
             return self.n_trials
+        if self.sampler == "learned":
+            return self.learned.points
         return len(grid_points(space.k)) if self.sampler == "grid" else 40
 
 
@@ -65,6 +70,10 @@ def make_sampler(config: SearchConfig, space: SearchSpace) -> optuna.samplers.Ba
         return optuna.samplers.NSGAIISampler(
             seed=config.seed, population_size=max(8, 2 * space.dimension + 4)
         )
+    if name == "learned":
+        # the points of the gradient path are enqueued (see WeightSearch._enqueue_learned); this only
+        # fills an ask that finds none waiting
+        return optuna.samplers.RandomSampler(seed=config.seed)
     raise SearchError(f"unknown sampler {name!r}; available: {', '.join(SAMPLERS)}")
 
 

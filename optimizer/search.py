@@ -1,4 +1,4 @@
-"""Weight search with Optuna: the paper's grid, TPE, CMA-ES and NSGA-II over soup weights.
+"""Weight search with Optuna: the paper's grid, TPE, CMA-ES, NSGA-II and the learned soup over soup weights.
 
 Evaluation arrives as a callable (weights, categories) -> {category: dev score}; this module never
 touches a model. Trials are asked and told one by one, so a study in any Optuna storage can be
@@ -9,6 +9,9 @@ the study reuses that result instead of evaluating again.
 There is one way of driving a study, wherever its trials run (see WeightSearch): the service's trial
 tasks and `soce run` ask and evaluate trials through it, with one seeding policy, so a study
 continued by either asks the same trials.
+
+The learned soup's gradient path arrives as a callable too (`learn`: space -> LearnedPath), run once
+per study where the search begins; its checkpoints are enqueued as trials and evaluated as any other.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from optimizer.learned import LEARNED_ATTR, LEARNED_PARAM, LearnedPath
 from optimizer.records import SearchResult, objective_of, record
 from optimizer.samplers import SearchConfig, make_sampler, seed_for
 from optimizer.space import SearchSpace, SoupWeights, grid_points
@@ -35,6 +39,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Evaluate = Callable[[SoupWeights, Sequence[str]], Mapping[str, float]]
+Learn = Callable[[SearchSpace], LearnedPath]
 
 
 class WeightSearch:
@@ -57,6 +62,7 @@ class WeightSearch:
         storage: str | optuna.storages.BaseStorage | None,
         study_name: str,
         buffered: bool = False,
+        learn: Learn | None = None,
     ) -> None:
         import optuna
 
@@ -111,6 +117,8 @@ class WeightSearch:
         self._written: int | None = None  # buffered: the trials below this number are stored
         self._writer: ThreadPoolExecutor | None = None
         self._writes: list[Future] = []
+        self._learn = learn
+        self._learned: LearnedPath | None = None
 
     # bookkeeping -------------------------------------------------------------------------------
     def _objective(self, scores: Mapping[str, float]) -> float:
@@ -149,17 +157,58 @@ class WeightSearch:
             random.Random(self.config.seed).shuffle(order)
             for idx in order[: self.n_trials]:
                 self.study.enqueue_trial({"grid_point": idx}, skip_if_exists=True)
+        elif self.config.sampler == "learned":
+            self._enqueue_learned()
         elif finished == 0:
             # start from the uniform soup: a strong, known point that every sampler should beat
             self.study.enqueue_trial(
                 self.space.params_for([1.0 / self.space.k] * self.space.k), skip_if_exists=True
             )
 
+    def learned_path(self) -> LearnedPath:
+        """The learned soup's gradient path: stored with the study, else computed now and stored."""
+        if self._learned is None:
+            stored = self.stored.user_attrs.get(LEARNED_ATTR)
+            if stored is not None:
+                self._learned = LearnedPath.from_dict(stored)
+            elif self._learn is None:
+                raise SearchError(
+                    f"study {self.stored.study_name!r} has no learned path and this search cannot compute one"
+                )
+            else:
+                path = self._learn(self.space)
+                self.stored.set_user_attr(LEARNED_ATTR, path.as_dict())  # stored: every asker reads it
+                self._learned = path
+        return self._learned
+
+    def _enqueue_learned(self) -> None:
+        """Enqueue the learned path's checkpoints that no trial holds (a failed one's point goes again)."""
+        from optuna.trial import TrialState
+
+        path = self.learned_path()
+        taken = set()
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state != TrialState.FAIL:
+                fixed = t.system_attrs.get("fixed_params") or {}
+                taken.add(t.params.get(LEARNED_PARAM, fixed.get(LEARNED_PARAM)))
+        for i, step in enumerate(path.checkpoints(self.n_trials)):
+            if i not in taken:
+                self.study.enqueue_trial({LEARNED_PARAM: i, **self.space.params_of(path.soup(step))})
+
     def _suggest(self, trial: optuna.Trial) -> SoupWeights:
         if self.config.sampler == "grid":
             points = grid_points(self.space.k)
             idx = trial.suggest_categorical("grid_point", list(range(len(points))))
             return SoupWeights(self.space.experts, tuple(points[int(idx)]))
+        if self.config.sampler == "learned":
+            idx = int(trial.suggest_int(LEARNED_PARAM, 0, max(self.n_trials - 1, 0)))
+            weights = self.space.suggest(trial)
+            path = self.learned_path()
+            steps = path.checkpoints(self.n_trials)
+            if idx < len(steps) and _same(path.soup(steps[idx]), weights):
+                step = steps[idx]  # an enqueued point (not one the fallback sampler drew): say where from
+                trial.set_user_attr("learned", {"step": step, "loglik": path.loglik[step]})
+            return weights
         return self.space.suggest(trial)
 
     # asking --------------------------------------------------------------------------------------
@@ -258,6 +307,8 @@ class WeightSearch:
         sampler made afresh does not draw the same "random" start point every time.
         """
         numbers: list[int] = []
+        if count > 0 and self.config.sampler == "learned":
+            self._enqueue_learned()  # each ask takes a point of the path while one is left
         size = len(self.study.get_trials(deepcopy=False)) if count > 0 else 0
         for _ in range(max(count, 0)):
             sampler = make_sampler(replace(self.config, seed=seed_for(self.config.seed, size)), self.space)
@@ -426,3 +477,15 @@ class WeightSearch:
             best=best,
             history=history,
         )
+
+
+def _same(a: SoupWeights, b: SoupWeights, tol: float = 1e-9) -> bool:
+    """Whether two weightings are equal up to float error (a stick-breaking round trip)."""
+    if bool(a.groups) != bool(b.groups):
+        return False
+    pairs = [(a.weights, b.weights)]
+    if a.groups and b.groups:
+        if set(a.groups) != set(b.groups):
+            return False
+        pairs += [(a.groups[g], b.groups[g]) for g in a.groups]
+    return all(abs(x - y) <= tol for u, v in pairs for x, y in zip(u, v, strict=True))

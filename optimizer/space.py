@@ -149,3 +149,15 @@ class SearchSpace:
         if self.name == "simplex":
             return dict(zip(self.param_names(), u, strict=True))
         return {n: x for g in self.groups for n, x in zip(self.param_names(g), u, strict=True)}
+
+    def params_of(self, weights: SoupWeights) -> dict[str, float]:
+        """Parameters that give `weights`, each layer group its own (to enqueue a point of any shape)."""
+        if self.k == 1:
+            return {}
+        if self.name == "simplex" or not weights.groups:
+            return self.params_for(weights.weights)
+        return {
+            n: x
+            for g in self.groups
+            for n, x in zip(self.param_names(g), inverse_stick_breaking(weights.groups[g]), strict=True)
+        }

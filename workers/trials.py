@@ -252,6 +252,10 @@ def _finish(ctx: Context, search: WeightSearch, asked_by: int | str) -> list[Mes
     }
     started = min(starts) if starts else None
     timings["search"] = max((now - started).total_seconds(), 0.0) if started else 0.0
+    if result.sampler == "learned":  # the gradient path ran before the first trial, once per study
+        path = search.learned_path().summary()
+        analysis["search"]["learned"] = path
+        timings["learn"] = path["seconds"]
     if move_job(
         ctx.engine,
         ctx.job_id,
