@@ -47,3 +47,24 @@ def tiny_zoo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from soce.zoo.build import build_zoo
 
     return build_zoo(tmp_path_factory.mktemp("zoo") / "tiny", size="tiny", seed=0)
+
+
+BFCL_EVAL_VERSION = "2026.3.23"
+
+
+@pytest.fixture(scope="session")
+def bfcl_wheel() -> Path:
+    """bfcl-eval's wheel (its data only is used), downloaded once into a cache kept between runs."""
+    import subprocess
+    import sys
+
+    cache = Path(os.environ.get("SOCE_TEST_CACHE") or "~/.cache/soce-test").expanduser() / "wheels"
+    pattern = f"bfcl_eval-{BFCL_EVAL_VERSION}-*.whl"
+    if not sorted(cache.glob(pattern)):
+        cache.mkdir(parents=True, exist_ok=True)
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"bfcl-eval=={BFCL_EVAL_VERSION}",
+             "-d", str(cache)],
+            check=True, timeout=300,
+        )  # fmt: skip
+    return sorted(cache.glob(pattern))[0]

@@ -74,8 +74,10 @@ def task_config(category: str, data: Path) -> dict[str, Any]:
 def _yaml_text(cfg: dict[str, Any]) -> str:
     """The task YAML, with lm-eval's `!function` tags unquoted."""
     text = yaml.safe_dump(cfg, sort_keys=False, width=1000)
-    return text.replace("'!function ", "!function ").replace(".BfclTask'", ".BfclTask").replace(
-        ".process_results'", ".process_results"
+    return (
+        text.replace("'!function ", "!function ")
+        .replace(".BfclTask'", ".BfclTask")
+        .replace(".process_results'", ".process_results")
     )
 
 

@@ -41,7 +41,12 @@ def suite_bfcl(
     factory, close = progress_bar("categories", quiet, unit="category")
     try:
         path = write_bfcl_suite(
-            out, data=data, categories=chosen, limit=limit, dev_share=dev_share, force=force,
+            out,
+            data=data,
+            categories=chosen,
+            limit=limit,
+            dev_share=dev_share,
+            force=force,
             progress=factory(len(chosen)),
         )
     finally:

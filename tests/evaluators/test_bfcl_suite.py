@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -22,25 +20,7 @@ from soce.schemas.suite import SuiteSpec
 from tests.evaluators.task_folder import Zoo
 from tests.evaluators.test_chat_template import TEMPLATE, with_template
 
-BFCL_VERSION = "2026.3.23"
-CACHE = Path.home() / ".cache" / "soce-test" / "wheels"
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="session")
-def bfcl_wheel() -> Path:
-    """bfcl-eval's wheel (its data only is used), downloaded once into a cache kept between runs."""
-    found = sorted(CACHE.glob(f"bfcl_eval-{BFCL_VERSION}-*.whl"))
-    if not found:
-        CACHE.mkdir(parents=True, exist_ok=True)
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", f"bfcl-eval=={BFCL_VERSION}",
-             "-d", str(CACHE)],
-            check=True, timeout=300,
-        )  # fmt: skip
-        found = sorted(CACHE.glob(f"bfcl_eval-{BFCL_VERSION}-*.whl"))
-    return found[0]
 
 
 @pytest.fixture(scope="session")

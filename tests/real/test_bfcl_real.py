@@ -16,7 +16,6 @@ import pytest
 from evaluators.bfcl.suite_files import write_bfcl_suite
 from evaluators.harness import LmEvalEvaluator
 from soce.schemas.suite import SuiteSpec
-from tests.evaluators.test_bfcl_suite import bfcl_wheel  # noqa: F401 (a fixture)
 from tests.real.test_evaluator import float32_copy
 
 pytestmark = pytest.mark.real
@@ -33,7 +32,9 @@ def shorter_answers(suite: SuiteSpec) -> None:
 
 
 def test_bfcl_scores_equal_lm_evals_command_line(
-    smollm2: Path, bfcl_wheel: Path, tmp_path: Path  # noqa: F811
+    smollm2: Path,
+    bfcl_wheel: Path,
+    tmp_path: Path,
 ) -> None:
     suite_file = write_bfcl_suite(tmp_path / "bfcl.yaml", data=bfcl_wheel, categories=CATEGORIES, limit=LIMIT)
     suite = SuiteSpec.from_file(suite_file)
