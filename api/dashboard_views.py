@@ -160,6 +160,7 @@ def job_report(job: Job, soup: Soup | None, optuna: OptunaStudies) -> Report | d
         "test_average": test_avg,
         "correlation": analysis.get("correlation") or {},
         "experts": analysis.get("experts") or [],
+        "similarity": analysis.get("similarity"),
         "warnings": analysis.get("warnings") or [],
         "search": {**(analysis.get("search") or {}), "history": []},
     }

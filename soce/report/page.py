@@ -24,7 +24,10 @@ from soce.report.interpolation_chart import interpolation_svg
 __all__ = ["SECTIONS", "get", "render_report_html", "render_report_sections"]
 
 # The parts of the page that the dashboard shows on a job's page, in the page's order.
-SECTIONS = ("scores", "correlation", "experts", "search", "weights", "selection", "baselines")
+SECTIONS = (
+    "scores", "correlation", "experts", "basins", "search", "weights", "selection", "baselines",
+    "interpolation",
+)  # fmt: skip
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 _SERIES: tuple[tuple[str, str, str], ...] = (

@@ -77,6 +77,8 @@ def test_pages_show_the_jobs(client: TestClient, jobs: Jobs) -> None:
     chosen = next(c for c in REPORT["selection"]["contenders"] if c["name"] == REPORT["selection"]["chosen"])
     assert 'id="selection"' in done and html.escape(f"{chosen['label']} (chosen)") in done
     assert 'id="verdict"' not in client.get(f"/jobs/{jobs.running}").text  # no verdict before the end
+    assert 'id="interpolation"' in done  # the report's curve section (the demo report predates the curve)
+    assert 'id="interpolation"' not in client.get(f"/jobs/{jobs.running}").text
     assert "optuna-dashboard" not in done  # no URL set: no link
     assert client.get(f"/jobs/{jobs.done}/model-card").text.startswith("# soup")
     assert client.get(f"/jobs/{jobs.done}/report").status_code == 404  # no report written
