@@ -29,6 +29,7 @@ from evaluators.leaderboard import (
     leaderboard_scores,
     model_column_of,
     read_leaderboard,
+    read_text,
 )
 from soce.errors import ScoreFileError
 from soce.schemas.scores import CategoryScore, SuiteScores, TaskScore
@@ -101,12 +102,7 @@ def _row(record: Any, where: str) -> ScoreRow:
 
 def read_score_file(path: Path) -> list[ScoreRow]:
     """Rows of a CSV or JSON score file; ScoreFileError names the file, row and field of a bad one."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ScoreFileError(f"{path}: no such score file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScoreFileError(f"{path}: cannot be read ({e})") from None
+    text = read_text(path)
     if path.suffix.lower() == ".json":
         try:
             data = json.loads(text)
@@ -138,6 +134,12 @@ def read_score_file(path: Path) -> list[ScoreRow]:
     rows = [replace(r, source=path) for r in rows]
     if not rows:
         raise ScoreFileError(f"{path}: holds no score rows")
+    refuse_duplicates(rows)
+    return rows
+
+
+def refuse_duplicates(rows: Sequence[ScoreRow]) -> None:
+    """ScoreFileError at the second score for one (candidate, task or category, split)."""
     seen: dict[tuple, ScoreRow] = {}
     for r in rows:
         key = (r.candidate, *r.target, r.split)
@@ -147,7 +149,6 @@ def read_score_file(path: Path) -> list[ScoreRow]:
                 f"(first given at {seen[key].where})"
             )
         seen[key] = r
-    return rows
 
 
 class ExternalScores(Evaluator):
@@ -178,15 +179,7 @@ class ExternalScores(Evaluator):
                 self.tables.append(read_leaderboard(path, model_column=model_column))
             else:
                 self.rows.extend(read_score_file(path))
-        seen: dict[tuple, ScoreRow] = {}
-        for r in self.rows:
-            key = (r.candidate, *r.target, r.split)
-            if key in seen:
-                raise ScoreFileError(
-                    f"{r.where}: duplicate score for {r.candidate!r} {r.target[0]} {r.target[1]!r} "
-                    f"(first given at {seen[key].where})"
-                )
-            seen[key] = r
+        refuse_duplicates(self.rows)  # across the files
         self.columns = dict(columns or {})
         if self.columns and not self.tables:
             raise ScoreFileError(

@@ -174,16 +174,21 @@ def is_leaderboard(path: Path, *, model_column: str | None = None) -> bool:
     return model_column_of(headers) is not None and not lower & set(LONG_FORM_COLUMNS)
 
 
+def read_text(path: Path, what: str = "score file") -> str:
+    """A score or mapping file's text (a BOM dropped); ScoreFileError names the file and why not."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ScoreFileError(f"{path}: no such {what}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ScoreFileError(f"{path}: cannot be read ({e})") from None
+
+
 def read_leaderboard(path: Path, *, model_column: str | None = None) -> LeaderboardTable:
     """A wide CSV table; ScoreFileError names the file, line and column of what is wrong."""
     if path.suffix.lower() == ".json":
         raise ScoreFileError(f"{path}: a leaderboard table is a CSV file (a JSON file holds score rows)")
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ScoreFileError(f"{path}: no such score file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScoreFileError(f"{path}: cannot be read ({e})") from None
+    text = read_text(path)
     reader = csv.reader(text.splitlines())
     headers = [h.strip() for h in next(reader, [])]
     if not any(headers):
@@ -238,12 +243,7 @@ def percentage(cell: str, where: str) -> float | None:
 
 def read_column_mapping(path: Path) -> dict[str, str]:
     """A YAML or JSON file {header: category}; ScoreFileError names the file and the entry."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise ScoreFileError(f"{path}: no such column mapping file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ScoreFileError(f"{path}: cannot be read ({e})") from None
+    text = read_text(path, "column mapping file")
     try:
         data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as e:
