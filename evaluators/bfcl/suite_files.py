@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable, Sequence
@@ -25,6 +24,7 @@ import yaml
 
 from evaluators.bfcl import CATEGORIES, find_bfcl_data, prompt_messages
 from soce.errors import SuiteError
+from soce.merging.soup import replace_path
 
 SPLIT_VERSION = "bfcl-split-v1 sha256(id)"
 TASK_PREFIX = "bfcl_"
@@ -164,9 +164,7 @@ def write_bfcl_suite(
             + ", ".join(f"{c} {n['dev']}/{n['test']}" for c, n in counts.items())
             + " (dev/test)\n"
         )
-        if folder.exists():
-            shutil.rmtree(folder)
-        os.replace(staging, folder)
+        replace_path(staging, folder)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

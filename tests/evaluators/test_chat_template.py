@@ -4,10 +4,8 @@ requests kept per template, and a clear error for a tokenizer without one."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ import yaml
 from evaluators.harness import LmEvalEvaluator
 from soce.errors import EvaluationError
 from tests.evaluators.task_folder import Zoo
+from tests.lm_eval_cli import lm_eval_command
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -43,18 +42,10 @@ def chat_suite(zoo: Zoo):
 def test_chat_scores_equal_lm_evals_command_line(zoo: Zoo, tmp_path: Path) -> None:
     model = with_template(zoo.candidates[0], tmp_path / "chat-model", TEMPLATE)
     out = tmp_path / "cli-out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1"}
     names = [t.name for t in zoo.suite.tasks]
-    args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu"]
-    args += ["--include_path", str(zoo.root / "tasks"), "--tasks", ",".join(names), "--batch_size", "8"]
-    args += ["--apply_chat_template", "--log_samples"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "run", *args, "--output_path", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    chat = ("--apply_chat_template", "--log_samples")
+    argv, env = lm_eval_command(model, zoo.root / "tasks", names, out, *chat, hf_home=tmp_path / "hf")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results_file,) = out.rglob("results_*.json")
     cli = json.loads(results_file.read_text())["results"]

@@ -4,9 +4,7 @@ weights read fresh on every call, and task fingerprints that follow content, not
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from evaluators import LmEvalEvaluator
 from evaluators.task_files import task_fingerprint
 from soce.schemas.suite import SuiteSpec
 from tests.evaluators.task_folder import Zoo, write_zoo_tasks
+from tests.lm_eval_cli import lm_eval_command
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -33,16 +32,8 @@ def lm_eval_cli(zoo: Zoo, checkpoint: Path, tmp_path: Path) -> dict[str, dict]:
         (tasks_dir / f"{spec.name}_dev.yaml").write_text(yaml.safe_dump(dev))
         names += [spec.name, f"{spec.name}_dev"]
     out = tmp_path / "cli-out"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1"}
-    args = ["--model", "hf", "--model_args", f"pretrained={checkpoint},dtype=float32", "--device", "cpu"]
-    args += ["--include_path", str(tasks_dir), "--tasks", ",".join(names), "--batch_size", "8"]
-    proc = subprocess.run(
-        [sys.executable, "-m", "lm_eval", "run", *args, "--output_path", str(out)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
+    argv, env = lm_eval_command(checkpoint, tasks_dir, names, out, hf_home=tmp_path / "hf")
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (results_file,) = out.rglob("results_*.json")
     data = json.loads(results_file.read_text())

@@ -5,9 +5,7 @@ SmolLM2's chat template, the same greedy answers, BFCL's checks)."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,6 +14,7 @@ import pytest
 from evaluators.bfcl.suite_files import write_bfcl_suite
 from evaluators.harness import LmEvalEvaluator
 from soce.schemas.suite import SuiteSpec
+from tests.lm_eval_cli import lm_eval_command
 from tests.real.test_evaluator import float32_copy
 
 pytestmark = pytest.mark.real
@@ -41,15 +40,11 @@ def test_bfcl_scores_equal_lm_evals_command_line(
     shorter_answers(suite)
     model = float32_copy(smollm2, tmp_path / "float32")
     names = [t.name for t in suite.tasks]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1"}
-    args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu"]
-    args += ["--include_path", suite.include_path, "--tasks", ",".join(names), "--batch_size", "8"]
-    args += ["--limit", str(LIMIT), "--apply_chat_template", "--log_samples"]
-    args += ["--output_path", str(tmp_path / "cli-out")]
-    cli = subprocess.Popen(
-        [sys.executable, "-m", "lm_eval", "run", *args],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env,
-    )  # fmt: skip
+    extra = ("--limit", str(LIMIT), "--apply_chat_template", "--log_samples")
+    argv, env = lm_eval_command(
+        model, suite.include_path, names, tmp_path / "cli-out", *extra, hf_home=tmp_path / "hf"
+    )
+    cli = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
     try:
         started = time.perf_counter()
         ours = LmEvalEvaluator(batch_size=8, device="cpu")

@@ -4,10 +4,8 @@ line (`lm_eval --model hf`): a generation task, a one-token and a multi-token mu
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +15,7 @@ from typer.testing import CliRunner
 
 from soce.cli import app
 from soce.schemas.suite import SuiteSpec
+from tests.lm_eval_cli import lm_eval_command
 
 pytestmark = pytest.mark.real
 runner = CliRunner()
@@ -48,12 +47,11 @@ def start_lm_eval_cli(tasks_root: Path, suite: SuiteSpec, model: Path, tmp_path:
         dev = {**cfg, "task": f"{spec.name}_dev", "test_split": suite.dev_split}
         (tasks_dir / f"{spec.name}_dev.yaml").write_text(yaml.safe_dump(dev))
         names += [spec.name, f"{spec.name}_dev"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HOME": str(tmp_path / "hf"), "TQDM_DISABLE": "1"}
-    args = ["--model", "hf", "--model_args", f"pretrained={model},dtype=float32", "--device", "cpu"]
-    args += ["--include_path", str(tasks_dir), "--tasks", ",".join(names), "--batch_size", str(BATCH_SIZE)]
-    args += ["--output_path", str(tmp_path / "cli-out")]
+    argv, env = lm_eval_command(
+        model, tasks_dir, names, tmp_path / "cli-out", batch_size=BATCH_SIZE, hf_home=tmp_path / "hf"
+    )
     return subprocess.Popen(
-        [sys.executable, "-m", "lm_eval", "run", *args],
+        argv,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
