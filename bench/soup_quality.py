@@ -167,13 +167,20 @@ def main() -> None:
                 x for x in rows if (x["pool"], x["seed"], x["variant"]) == (r["pool"], r["seed"], "ours")
             )
             print(
-                f"{r['pool']:8s} seed {r['seed']}: dev {100 * r['dev']:5.1f} vs {100 * t['dev']:5.1f} "
-                f"(ratio {r['dev'] / t['dev']:.3f}), test {100 * r['final']:5.1f} vs {100 * t['final']:5.1f} "
-                f"(ratio {r['final'] / t['final']:.3f}), search {r['seconds']:.0f} s vs {t['seconds']:.0f} s "
-                f"(ratio {r['seconds'] / t['seconds']:.2f})"
+                f"{r['pool']:8s} seed {r['seed']}: "
+                f"dev {100 * r['dev']:5.1f} vs {100 * t['dev']:5.1f} (ratio {_ratio(r['dev'], t['dev'])}), "
+                f"test {100 * r['final']:5.1f} vs {100 * t['final']:5.1f} "
+                f"(ratio {_ratio(r['final'], t['final'])}), "
+                f"search {r['seconds']:.0f} s vs {t['seconds']:.0f} s "
+                f"(ratio {_ratio(r['seconds'], t['seconds'])})"
             )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+def _ratio(a: float, b: float) -> str:
+    """a / b to three places, or n/a when b is 0 (a search continued from a stored study took no time)."""
+    return f"{a / b:.3f}" if b else "n/a"
 
 
 if __name__ == "__main__":

@@ -183,7 +183,7 @@ def finalize_step(
         for name, folder in extra_baselines.items():
             extras.append(extra_test_scores(inputs, name, Path(folder)))
             advance(1)
-        ensemble = ensemble_test_scores(resident, ingredients, suite, enabled=r.ensemble)
+        ensemble = ensemble_test_scores(resident, ingredients, suite, enabled=r.ensemble, engine=engine)
         if runs_ensemble:
             advance(1)
         level, its = r.confidence, r.bootstrap_iterations
@@ -245,7 +245,9 @@ def finalize_step(
         disk_avg = score_checkpoint(inputs.evaluator, soup_dir, suite, "test", engine=engine).average
         advance(1)
     # the dev curve between the two largest ingredients: points x one dev evaluation, merged in place
-    curve, curve_warnings = report_curve(resident, weights, points=r.interpolation_points, stages=stages)
+    curve, curve_warnings = report_curve(
+        resident, weights, points=r.interpolation_points, stages=stages, engine=engine
+    )
     warnings = [*analysis.correlation.warnings, *analysis.experts.warnings]
     basins = rs.SimilarityResult.model_validate(similarity) if similarity else None  # the analyse step's
     warnings += basins.warnings if basins else []

@@ -6,9 +6,11 @@ champion), the output ensemble of the soup's ingredients, and the suite's summar
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import Engine
 
@@ -156,7 +158,7 @@ def soup_ingredients(weights: SoupWeights) -> list[str]:
 
 
 def ensemble_test_scores(
-    resident: ResidentSoup, members: list[str], suite: SuiteSpec, *, enabled: bool
+    resident: ResidentSoup, members: list[str], suite: SuiteSpec, *, enabled: bool, engine: Any = None
 ) -> EnsembleBaseline:
     """The output ensemble of `members` on test with per-example scores (evaluators.ensemble), or a note
     why not: the recipe turns it off, one ingredient (the ensemble is that model), or it failed (a
@@ -169,11 +171,13 @@ def ensemble_test_scores(
             note=f"the soup has one ingredient ({', '.join(members)}): its output ensemble is that model, "
             "so it is not scored",
         )
+    started = time.perf_counter()
     try:
-        tasks, seconds = resident.score_ensemble(members, "test", samples=True)
+        tasks = resident.cached_ensemble_scores(members, "test", samples=True, engine=engine)
     except Exception as e:  # e.g. generation settings only model.generate does, or memory for k caches
         log.warning("the output ensemble of %s was not scored: %s", ", ".join(members), e)
         return EnsembleBaseline(members, note=f"the output ensemble was not scored: {e}")
+    seconds = time.perf_counter() - started
     log.info("output ensemble of %d scored on test in %.2f s", len(members), seconds)
     scores = SuiteScores.aggregate(suite, "test", candidate="ensemble", evaluator="ensemble", tasks=tasks)
     return EnsembleBaseline(members, Evaluated(tasks, scores), seconds=seconds)

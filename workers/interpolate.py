@@ -94,9 +94,12 @@ def interpolation_curve(
     part: DevPart | None = None,
     threshold: float = BARRIER_THRESHOLD,
     progress: Callable[[int], None] | None = None,
+    cache: bool = False,
+    engine: Any = None,
 ) -> InterpolationCurve:
     """Score theta(t) = (1-t)*A + t*B at `points` evenly spaced t on `split` (on `part` of dev, if
-    given), merging each point into `resident`'s model in place. a, b: labels of `resident.paths`."""
+    given), merging each point into `resident`'s model in place. a, b: labels of `resident.paths`.
+    cache: each point's scores through the soup score cache (of `engine`), as the job's other soups."""
     ts = interpolation_ts(points)
     for label in (a, b):
         if label not in resident.paths:
@@ -119,9 +122,12 @@ def interpolation_curve(
         else:
             weights = SoupWeights((a, b), (1.0 - t, t))
         started = time.perf_counter()
-        tasks, timings = resident.score_tasks(weights, split, part=part)
-        for k in seconds:
-            seconds[k] += timings.get(k, 0.0)
+        if cache:
+            tasks = resident.cached_scores(weights, split, part=part, engine=engine, timings=seconds)
+        else:
+            tasks, timings = resident.score_tasks(weights, split, part=part)
+            for k in seconds:
+                seconds[k] += timings.get(k, 0.0)
         scores = SuiteScores.aggregate(
             suite,
             split,
@@ -209,7 +215,12 @@ def interpolation_pair(weights: SoupWeights) -> tuple[str, str] | None:
 
 
 def report_curve(
-    resident: ResidentSoup, weights: SoupWeights, *, points: int, stages: Stages | None = None
+    resident: ResidentSoup,
+    weights: SoupWeights,
+    *,
+    points: int,
+    stages: Stages | None = None,
+    engine: Any = None,
 ) -> tuple[InterpolationCurve | None, list[str]]:
     """The report's curve: all of dev (the search and selection parts together, as the candidates' dev
     scores are reported) between the soup's two largest ingredients; None when `points` is 0 or the
@@ -220,7 +231,9 @@ def report_curve(
     stages = stages or Stages(quiet=True)
     try:
         with stages.stage("interpolate", total=points, unit="point") as advance:
-            curve = interpolation_curve(resident, *pair, points=points, split="dev", progress=advance)
+            curve = interpolation_curve(
+                resident, *pair, points=points, split="dev", progress=advance, cache=True, engine=engine
+            )
     except SoceError as e:
         log.warning("the interpolation curve of %s and %s was not scored: %s", *pair, e)
         return None, [f"the interpolation curve between {pair[0]} and {pair[1]} was not scored: {e}"]

@@ -23,7 +23,7 @@ from soce.merging.in_memory import load_experts, merge_into
 from soce.merging.layerwise import tensor_group
 from soce.schemas.merge import MergeRecipe
 from soce.schemas.scores import TaskScore, weighted_mean
-from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec
+from soce.schemas.suite import DevPart, Split, SuiteSpec, TaskSpec, canonical_hash
 from soce.score_cache import score_soup, soup_hash
 
 
@@ -133,18 +133,37 @@ class ResidentSoup:
         samples: bool = False,
         part: DevPart | None = None,
         engine: Any = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, TaskScore]:
         """Every task's score of the soup `weights` on `split` (on `part` of dev, if given), from the score
         cache where stored, else merged and evaluated here and stored (with per-document values when
-        `samples`)."""
+        `samples`). timings: the seconds of what was merged and evaluated are added to it by part."""
 
         def evaluate(tasks: Sequence[TaskSpec]) -> dict[str, TaskScore]:
-            return self.score_tasks(weights, split, samples=samples, part=part, tasks=tasks)[0]
+            scores, seconds = self.score_tasks(weights, split, samples=samples, part=part, tasks=tasks)
+            if timings is not None:
+                for k, v in seconds.items():
+                    timings[k] = timings.get(k, 0.0) + v
+            return scores
 
         soup = self.soup_hash(weights)
         return score_soup(
             self.evaluator, soup, self.suite, split, evaluate, engine=engine, samples=samples, part=part
         )
+
+    def cached_ensemble_scores(
+        self, labels: Sequence[str], split: Split, *, samples: bool = False, engine: Any = None
+    ) -> dict[str, TaskScore]:
+        """score_ensemble's task scores, from the score cache where stored (keyed by the members' soup
+        identity, marked as an output ensemble), else evaluated here and stored."""
+        uniform = self.soup_hash(self.uniform(labels))
+        identity = canonical_hash({"output-ensemble": uniform})
+
+        def evaluate(tasks: Sequence[TaskSpec]) -> dict[str, TaskScore]:
+            return self.score_ensemble(labels, split, samples=samples, tasks=tasks)[0]
+
+        suite = self.suite
+        return score_soup(self.evaluator, identity, suite, split, evaluate, engine=engine, samples=samples)
 
     def layer_groups(self) -> tuple[str, ...]:
         return layer_groups(self.tensor_names, self.num_layers, self.groups)
@@ -189,9 +208,11 @@ class ResidentSoup:
         with self._lock:
             merge_s = self.load(weights)
             wanted = set(categories) if categories is not None else None
-            specs = [t for c in self.suite.categories if wanted is None or c.name in wanted for t in c.tasks]
-            if tasks is not None:
-                specs = list(tasks)
+            specs = (
+                list(tasks)
+                if tasks is not None
+                else [t for c in self.suite.categories if wanted is None or c.name in wanted for t in c.tasks]
+            )
             started = time.perf_counter()
             kwargs: dict[str, Any] = {"samples": True} if samples else {}
             if part is not None:
@@ -202,7 +223,12 @@ class ResidentSoup:
             return scores, {"merge": merge_s, "evaluate": time.perf_counter() - started}
 
     def score_ensemble(
-        self, labels: Sequence[str], split: Split, *, samples: bool = False
+        self,
+        labels: Sequence[str],
+        split: Split,
+        *,
+        samples: bool = False,
+        tasks: Sequence[TaskSpec] | None = None,
     ) -> tuple[dict[str, TaskScore], float]:
         """Task scores of the output ensemble of the candidates `labels` on `split` (every task), and the
         seconds it took: the resident model runs with each one's resident tensors in turn (no copies;
@@ -216,8 +242,10 @@ class ResidentSoup:
             ensemble = EnsembleLM.sharing(self.model, [self.tensors[label] for label in labels])
             started = time.perf_counter()
             kwargs: dict[str, Any] = {"samples": True} if samples else {}
-            tasks = self.evaluator.evaluate_model(ensemble, self.tokenizer, self.suite, split, **kwargs)
-            return tasks, time.perf_counter() - started
+            scores = self.evaluator.evaluate_model(
+                ensemble, self.tokenizer, self.suite, split, tasks=tasks, **kwargs
+            )
+            return scores, time.perf_counter() - started
 
     def category_scores(self, tasks: Mapping[str, TaskScore], categories: Sequence[str]) -> dict[str, float]:
         out = {}

@@ -33,7 +33,7 @@ def test_the_share_of_the_ensembles_gain_the_soup_keeps():
 
 
 class FailingResident:
-    def score_ensemble(self, labels, split, *, samples=False):
+    def cached_ensemble_scores(self, labels, split, *, samples=False, engine=None):
         raise EvaluationError("the output ensemble decodes greedily only: generation kwargs {'num_beams': 2}")
 
 

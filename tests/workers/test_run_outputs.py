@@ -88,11 +88,19 @@ def test_a_rerun_scores_no_soup_again(shown_run, monkeypatch: pytest.MonkeyPatch
         evaluated.append((f"{split} from {Path(checkpoint).name}", None))
         return folder_scores(self, checkpoint, suite, split, *args, **kwargs)
 
+    ensemble_scores = ResidentSoup.score_ensemble
+
+    def counted_ensemble(self, labels, split, *args, **kwargs):
+        evaluated.append((f"{split} ensemble", None))
+        return ensemble_scores(self, labels, split, *args, **kwargs)
+
     monkeypatch.setattr(ResidentSoup, "score_tasks", counted_soup)
+    monkeypatch.setattr(ResidentSoup, "score_ensemble", counted_ensemble)
     monkeypatch.setattr(LmEvalEvaluator, "score_tasks", counted_folder)
     result = runner.invoke(app, ["run", str(recipe), "-q"])
     assert result.exit_code == 0, result.output
     assert [e for e in evaluated if e[0].startswith("test") or e[1] == "select"] == []
+    assert evaluated == []  # nor the output ensemble, nor the interpolation curve's points on dev
     after = json.loads((recipe.parent / "out" / "report.json").read_text())
     assert after["soup"]["test"] == before["soup"]["test"]
     assert after["soup"]["intervals"] == before["soup"]["intervals"]
@@ -102,3 +110,4 @@ def test_a_rerun_scores_no_soup_again(shown_run, monkeypatch: pytest.MonkeyPatch
     }
     assert after["selection"]["contenders"] == before["selection"]["contenders"]
     assert after["decision"] == before["decision"]
+    assert after["interpolation"]["points"] == before["interpolation"]["points"]
